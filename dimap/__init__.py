@@ -1,0 +1,20 @@
+"""dimap: Data-independent Module-aware Pruning (He & Zhou, ICLR 2024) for timm Swin Transformers.
+
+Importable without Hydra:
+
+    import timm, dimap
+    model = timm.create_model("swin_tiny_patch4_window7_224")
+    masks = dimap.compute_masks(model, "dimap", 0.55)   # {param name: bool tensor}, True = kept
+    dimap.apply_masks(model, masks)
+"""
+from dimap.accounting import account, flops_by_module
+from dimap.criteria import CRITERIA
+from dimap.errors import UserError
+from dimap.masks import FixedMask, apply_masks, compute_masks, mask_checksum, masks_from_state_dict
+from dimap.modules import module_of, prunable_weights
+from dimap.pruned_file import read_pruned, save_pruned
+from dimap.scores import dimap_scores
+
+__all__ = ["account", "flops_by_module", "CRITERIA", "UserError", "FixedMask", "apply_masks", "compute_masks",
+           "mask_checksum", "masks_from_state_dict", "module_of", "prunable_weights", "read_pruned",
+           "save_pruned", "dimap_scores"]

@@ -1,0 +1,94 @@
+"""Parameter and FLOP accounting (spec section 5).
+
+FLOPs are fvcore's: one multiply-add counts as one FLOP, at batch 1. Three conventions, clearly named:
+- flops_dense: the unpruned model.
+- flops_paper: the paper's convention (how its Table 1 was computed): dense minus r x FLOPs of the prunable
+  linear layers, r being the share of prunable weights removed.
+- flops_sparse: each prunable linear layer's FLOPs scaled by its own kept fraction; attention matmuls, norms
+  and everything else stay dense. DIMAP prunes deep layers (few tokens) hardest, so this reduction is smaller.
+"""
+import contextlib
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from dimap.modules import PRUNABLE_MODULES, module_of
+
+
+@contextlib.contextmanager
+def unfused_attention(model: nn.Module):
+    """fvcore does not count scaled_dot_product_attention: use timm's explicit attention while counting."""
+    fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    for m, _ in fused:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, flag in fused:
+            m.fused_attn = flag
+
+
+@torch.no_grad()
+def flops_by_module(model: nn.Module, img_size: int, in_chans: int = 3) -> dict[str, int]:
+    """fvcore FLOPs (multiply-adds) per submodule name at batch 1; '' is the whole model."""
+    p = next(model.parameters())
+    x = torch.zeros(1, in_chans, img_size, img_size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    with unfused_attention(model):
+        analysis = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        counts = dict(analysis.by_module())
+    model.train(was_training)
+    return counts
+
+
+def _pct(removed: float, total: float) -> float:
+    return 100.0 * removed / total if total else 0.0
+
+
+def account(model: nn.Module, masks: dict[str, torch.Tensor], img_size: int, in_chans: int = 3,
+            flops: dict[str, int] | None = None) -> dict:
+    """Every accounting figure of a pruned model, with per-module and per-layer breakdowns.
+
+    `masks` covers the prunable weights (True = kept); `flops` may be passed in to avoid re-tracing.
+    """
+    flops = flops if flops is not None else flops_by_module(model, img_size, in_chans)
+    params_total = sum(p.numel() for p in model.parameters())
+    layers, modules = [], {m: {"weights": 0, "kept": 0, "flops": 0} for m in PRUNABLE_MODULES}
+    for name, mask in masks.items():
+        module = module_of(name)
+        numel, kept = mask.numel(), int(mask.sum())
+        layer_flops = int(flops[name.removesuffix(".weight")])
+        layers.append({"name": name, "module": module, "weights": numel, "kept": kept,
+                       "kept_fraction": kept / numel, "flops": layer_flops})
+        modules[module]["weights"] += numel
+        modules[module]["kept"] += kept
+        modules[module]["flops"] += layer_flops
+    for m in modules.values():
+        m["kept_fraction"] = m["kept"] / m["weights"] if m["weights"] else 1.0
+
+    prunable = sum(m["weights"] for m in modules.values())
+    removed = prunable - sum(m["kept"] for m in modules.values())
+    ratio = removed / prunable if prunable else 0.0
+    flops_dense = int(flops[""])
+    flops_prunable = sum(m["flops"] for m in modules.values())
+    flops_paper = flops_dense - ratio * flops_prunable
+    flops_sparse = flops_dense - sum(l["flops"] * (1 - l["kept_fraction"]) for l in layers)
+    params_nonzero = params_total - removed
+    return {
+        "params_total": params_total,
+        "params_nonzero": params_nonzero,
+        "params_reduction_pct": _pct(removed, params_total),
+        "prunable_weights": prunable,
+        "prunable_removed": removed,
+        "prunable_removed_fraction": ratio,
+        "flops_dense": flops_dense,
+        "flops_prunable": flops_prunable,
+        "flops_paper": flops_paper,
+        "flops_paper_reduction_pct": _pct(flops_dense - flops_paper, flops_dense),
+        "flops_sparse": flops_sparse,
+        "flops_sparse_reduction_pct": _pct(flops_dense - flops_sparse, flops_dense),
+        "modules": modules,
+        "layers": layers,
+    }

@@ -1,0 +1,92 @@
+"""Masks: compute them for a model, apply them, keep them applied, recover them from a pruned state dict.
+
+A mask is a plain bool tensor per prunable weight (True = kept), keyed by `named_parameters()` name. No
+torch.nn.utils.prune reparametrisation: it breaks deepcopy, EMA copies and state dicts.
+"""
+import hashlib
+
+import torch
+from torch import nn
+
+from dimap.criteria import CRITERIA
+from dimap.errors import UserError
+from dimap.modules import AUX, module_of, prunable_weights
+
+
+def check_ratio(ratio) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise UserError(f"prune.ratio={ratio!r} is not a share in [0, 1): pass e.g. prune.ratio=0.55")
+    return float(ratio)
+
+
+def check_method(method: str):
+    if method not in CRITERIA:
+        raise UserError(f"prune.method={method!r} is unknown: use one of {', '.join(CRITERIA)}")
+    return CRITERIA[method]
+
+
+@torch.no_grad()
+def compute_masks(model: nn.Module, method: str, ratio: float) -> dict[str, torch.Tensor]:
+    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data."""
+    criterion = check_method(method)
+    ratio = check_ratio(ratio)
+    return criterion(prunable_weights(model), ratio)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the pruned weights of `model` in place."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
+
+
+class FixedMask:
+    """Keeps a model's pruned weights at exactly zero during finetuning.
+
+    Call `apply()` after every optimizer step: AdamW's momentum and weight decay would otherwise regrow them.
+    One fused `_foreach_mul_` over all masked parameters, with the masks pre-cast to each parameter's dtype and
+    device, so the hot path has no Python loop over parameters.
+    """
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
+        params = dict(model.named_parameters())
+        missing = [n for n in masks if n not in params]
+        if missing:
+            raise UserError(f"the masks name {missing[0]!r}, which this model lacks: prune this architecture again")
+        self.names = list(masks)
+        self.params = [params[n] for n in self.names]
+        self.factors = [masks[n].to(device=p.device, dtype=p.dtype) for n, p in zip(self.names, self.params)]
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        torch._foreach_mul_(self.params, self.factors)
+
+    @torch.no_grad()
+    def violations(self) -> int:
+        """Number of pruned weights that are not exactly zero (0 when the mask holds)."""
+        return int(sum(((f == 0) & (p != 0)).sum() for p, f in zip(self.params, self.factors)))
+
+
+def masks_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Recover masks from a pruned state dict: a prunable weight is pruned iff it is exactly zero.
+
+    Exact for DIMAP-pruned files (pruned weights are stored as 0.0); a pretrained weight that is exactly 0.0
+    would read as pruned, which does not happen in the timm or official Swin checkpoints. prune.py also writes
+    the masks themselves (masks.safetensors) for an exact copy.
+    """
+    masks = {n: t != 0 for n, t in state_dict.items() if module_of(n) != AUX}
+    if not masks:
+        raise UserError("this state dict holds no Swin prunable weights: pass a Swin checkpoint")
+    return masks
+
+
+def mask_checksum(masks: dict[str, torch.Tensor]) -> str:
+    """A short digest of the masks (names, shapes, bits) to compare ranks, resumed runs and files."""
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        m = masks[name].detach().to("cpu", torch.bool).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(m.shape)).encode())
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,106 @@
+"""Build timm Swin models and load their dense weights: a timm hub tag, a local file, or random init."""
+import os
+import socket
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.swin_transformer import checkpoint_filter_fn
+from torch import nn
+
+from dimap.errors import UserError
+
+
+def create_model(name: str, kwargs: dict | None = None, drop_path_rate: float = 0.0) -> nn.Module:
+    """A randomly initialised timm model; `kwargs` override the architecture (used by the demo's nano Swin)."""
+    try:
+        return timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, **dict(kwargs or {}))
+    except (RuntimeError, ValueError, TypeError) as e:  # unknown name or bad architecture argument
+        raise UserError(f"timm cannot build model.name={name!r} with {dict(kwargs or {})} ({e}): "
+                        "check model.name and model.kwargs") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a torch checkpoint (timm's, or the official `{'model': ...}`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model.weights={str(path)!r} is not a file: pass model.weights=PATH to a checkpoint, "
+                        "model.weights=hub or model.weights=random")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn download, a text file, a pickle with code in it
+        raise UserError(f"{path} could not be read as a checkpoint ({type(e).__name__}): "
+                        "download it again or pass another model.weights") from None
+    for key in ("model", "state_dict", "model_ema"):  # official Swin, Lightning-style, EMA-only files
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} holds no state dict of tensors: pass a model checkpoint as model.weights")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str, model_name: str) -> None:
+    """Load strictly through timm's Swin filter (official Microsoft layout -> timm); mismatch -> UserError."""
+    try:
+        model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else type(e).__name__
+        raise UserError(f"{source} does not fit {model_name} ({detail[:160]}): pass weights for this "
+                        "architecture or choose the matching model=") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(pretrained_cfg) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    hub_id = pretrained_cfg.hf_hub_id
+    if not hub_id:
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+               for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def load_hub_weights(model: nn.Module, name: str, tag: str) -> None:
+    """timm's pretrained weights for `name.tag`; fails fast, in one sentence, when they cannot be had offline."""
+    full = f"{name}.{tag}" if tag else name
+    cfg = timm.models.get_pretrained_cfg(full)
+    if cfg is None:
+        raise UserError(f"timm has no pretrained tag {full!r}: set model.hub_tag (e.g. ms_in1k) or model.weights=PATH")
+    if not _hub_cached(cfg) and not _hub_reachable():
+        raise UserError(f"the pretrained weights {full!r} are not cached and the hub cannot be reached: download "
+                        "them elsewhere and pass model.weights=PATH (timm, safetensors or official Swin file)")
+    try:
+        reference = timm.create_model(full, pretrained=True)
+    except Exception as e:
+        raise UserError(f"downloading {full!r} failed ({type(e).__name__}): pass model.weights=PATH instead") from None
+    load_state_dict_checked(model, reference.state_dict(), f"hub weights {full}", name)
+
+
+def load_dense_weights(model: nn.Module, weights: str, name: str, hub_tag: str = "") -> None:
+    """Fill `model` with dense weights: 'hub' (timm tag), 'random' (keep the init) or a file path."""
+    if weights == "random":
+        return
+    if weights == "hub":
+        return load_hub_weights(model, name, hub_tag)
+    load_state_dict_checked(model, read_state_dict(weights), str(weights), name)
+
+
+def build_model(cfg) -> nn.Module:
+    """The dense model a `model` config describes (name, kwargs, drop_path_rate, weights, hub_tag)."""
+    model = create_model(cfg["name"], cfg.get("kwargs"), cfg.get("drop_path_rate", 0.0))
+    load_dense_weights(model, str(cfg.get("weights", "random")), cfg["name"], cfg.get("hub_tag", ""))
+    return model

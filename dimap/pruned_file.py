@@ -1,0 +1,49 @@
+"""Save and load a pruned model.
+
+`model.safetensors` is a plain timm state dict with pruned weights stored as 0.0: it loads into a fresh
+`timm.create_model(name, **kwargs)` with no code of ours. `masks.safetensors` holds the exact masks (bool);
+`dimap.masks.masks_from_state_dict` recovers them from the model file alone.
+"""
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dimap.errors import UserError
+from dimap.masks import masks_from_state_dict
+
+
+def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_dir: str | Path, meta: dict) -> Path:
+    """Write model.safetensors and masks.safetensors to `out_dir`; `meta` (timm name, kwargs, method, ratio)
+    goes into the model file's metadata. Each file is written to a temporary name first, then renamed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"dimap": json.dumps(meta, default=str)}
+    for fname, tensors, md in (("model.safetensors", state, metadata),
+                               ("masks.safetensors", {k: v.cpu().contiguous() for k, v in masks.items()}, None)):
+        tmp = out_dir / (fname + ".tmp")
+        save_file(tensors, str(tmp), metadata=md)
+        tmp.replace(out_dir / fname)
+    return out_dir / "model.safetensors"
+
+
+def read_pruned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(state_dict, masks, meta) from a model.safetensors written by `save_pruned`.
+
+    Masks come from masks.safetensors beside it when present, else from the zeros of the weights.
+    """
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("dimap", "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a readable pruned model ({e}): write it again with prune.py") from None
+    mask_file = path.with_name("masks.safetensors")
+    masks = load_file(str(mask_file)) if mask_file.is_file() else masks_from_state_dict(state)
+    return state, masks, meta

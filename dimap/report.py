@@ -1,0 +1,79 @@
+"""What a run writes and prints: the summary file, the console table, the kept-fraction plot."""
+import json
+import os
+from pathlib import Path
+
+from dimap.errors import UserError
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (temporary file, then rename), so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def check_output_dir(out_dir: str | Path, config: dict, ignore=("output_dir",)) -> None:
+    """Refuse an output folder that holds a finished run of a different config, before anything is written."""
+    summary = Path(out_dir) / "summary.json"
+    if not summary.is_file():
+        return
+    try:
+        old = json.loads(summary.read_text()).get("config", {})
+    except (json.JSONDecodeError, OSError):
+        raise UserError(f"{summary} is unreadable: move it away or choose another output_dir") from None
+    strip = lambda c: {k: v for k, v in c.items() if k not in ignore}  # noqa: E731
+    if strip(old) != strip(config):
+        diff = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
+        raise UserError(f"output_dir={out_dir} holds a finished run of a different config (differs in "
+                        f"{', '.join(diff)}): choose another output_dir or delete that folder")
+
+
+def format_table(summary: dict) -> str:
+    """A readable per-module table and the headline figures."""
+    rows = [f"{'module':<8} {'weights':>12} {'kept':>12} {'kept %':>7} {'GFLOPs':>8}"]
+    for name, m in summary["modules"].items():
+        if m["weights"]:
+            rows.append(f"{name:<8} {m['weights']:>12,} {m['kept']:>12,} {100 * m['kept_fraction']:>7.2f} "
+                        f"{m['flops'] / 1e9:>8.3f}")
+    s = summary
+    rows += [
+        f"params   {s['params_nonzero'] / 1e6:.2f} M non-zero of {s['params_total'] / 1e6:.2f} M "
+        f"(-{s['params_reduction_pct']:.1f}%)",
+        f"FLOPs    dense {s['flops_dense'] / 1e9:.3f} G | paper-style {s['flops_paper'] / 1e9:.3f} G "
+        f"(-{s['flops_paper_reduction_pct']:.1f}%) | sparse {s['flops_sparse'] / 1e9:.3f} G "
+        f"(-{s['flops_sparse_reduction_pct']:.1f}%)",
+    ]
+    return "\n".join(rows)
+
+
+def plot_kept_fraction(layers: list[dict], path: str | Path, title: str) -> None:
+    """Kept fraction per prunable layer in network order, coloured by module (the paper's Figure 5)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"QKV-M": "tab:blue", "PRJ-M": "tab:orange", "MLP-M": "tab:green"}
+    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.12), 3.2))
+    ax.bar(range(len(layers)), [l["kept_fraction"] for l in layers],
+           color=[colours[l["module"]] for l in layers], width=0.85)
+    for module, c in colours.items():
+        ax.bar([], [], color=c, label=module)
+    ax.set(xlabel="prunable layer (network order)", ylabel="kept fraction", ylim=(0, 1.02), title=title)
+    ax.legend(loc="lower left", fontsize=8, ncol=3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def prune_summary(model_cfg: dict, method: str, ratio: float, accounting: dict, **extra) -> dict:
+    """The summary record shared by prune.py and train.py: what was pruned, how, and every figure."""
+    from dimap.provenance import git_commit, versions
+    return {"model": model_cfg["name"], "model_short": model_cfg.get("short", model_cfg["name"]),
+            "method": method, "ratio": ratio, "weights": str(model_cfg.get("weights", "random")),
+            **{k: v for k, v in accounting.items() if k not in ("modules", "layers")},
+            **extra, "git_commit": git_commit(), "versions": versions(),
+            "modules": accounting["modules"], "layers": accounting["layers"]}

@@ -1,0 +1,107 @@
+"""Data pipeline: the mnist5k split, item shapes, ImageNet-style folders sharded over ranks, user errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dimap.data import build_datasets, build_loaders
+from dimap.errors import UserError
+
+MNIST = dict(name="mnist5k", img_size=32, in_chans=1, mean=[0.1307], std=[0.3081], val_size=1000, split_seed=0)
+
+
+def folder_cfg(root):
+    aug = dict(auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, re_prob=0.25, re_mode="pixel", re_count=1,
+               hflip=0.5)
+    return dict(name="imagenet", root=str(root), img_size=16, crop_pct=0.875, interpolation="bicubic",
+                mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], in_chans=3, aug=aug)
+
+
+def make_folder(root, per_class=(4, 3, 5), val_per_class=(2, 3, 2)):
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", per_class), ("val", val_per_class)):
+        for c, n in enumerate(counts):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_mnist_split_deterministic_stratified_disjoint():
+    train, val, num_classes = build_datasets(MNIST)
+    train2, val2, _ = build_datasets(MNIST)
+    assert num_classes == 10 and len(train) == 4000 and len(val) == 1000
+    assert torch.equal(train.indices, train2.indices) and torch.equal(val.indices, val2.indices)
+    assert torch.bincount(val.labels[val.indices], minlength=10).tolist() == [100] * 10
+    assert not set(train.indices.tolist()) & set(val.indices.tolist())
+    other, _, _ = build_datasets(dict(MNIST, split_seed=1))[1:] + (None,)
+    assert not torch.equal(other.indices, val.indices)
+
+
+def test_mnist_items():
+    train, val, _ = build_datasets(MNIST)
+    for ds in (train, val):
+        x, y = ds[0]
+        assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
+    assert train.images.dtype == torch.uint8 and train.images is val.images
+    x, _ = build_datasets(dict(MNIST, in_chans=3))[1][0]
+    assert x.shape == (3, 32, 32)
+
+
+def test_folder_shards_cover_val_once(tmp_path):
+    cfg = folder_cfg(make_folder(tmp_path))
+    seen = []
+    for rank in range(2):
+        train_loader, val_loader, num_classes = build_loaders(cfg, 2, 3, world_size=2, rank=rank)
+        assert num_classes == 3
+        x, y = next(iter(train_loader))
+        assert x.shape == (2, 3, 16, 16) and y.shape == (2,)
+        seen += list(val_loader.sampler)
+        assert sum(len(y) for _, y in val_loader) == len(val_loader.sampler)
+    assert sorted(seen) == list(range(7))
+
+
+def test_train_order_is_function_of_seed_and_epoch():
+    def order(seed, epoch):
+        loader = build_loaders(MNIST, 64, 256, seed=seed)[0]
+        loader.sampler.set_epoch(epoch)
+        return list(loader.sampler)
+
+    assert order(0, 3) == order(0, 3)
+    assert order(0, 3) != order(0, 4)
+    assert order(0, 3) != order(1, 3)
+    loader = build_loaders(MNIST, 64, 256)[0]
+    assert len(loader) == 4000 // 64
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(UserError, match="data.root="):
+        build_datasets(folder_cfg(tmp_path / "nope"))
+    with pytest.raises(UserError, match="data.root="):
+        build_datasets(dict(folder_cfg(tmp_path), root=None))
+
+
+def test_missing_val(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="val"):
+        build_datasets(folder_cfg(tmp_path))
+
+
+def test_empty_class_folder(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "train" / "class9").mkdir()
+    with pytest.raises(UserError, match="class9"):
+        build_datasets(folder_cfg(tmp_path))
+
+
+def test_no_classes(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(UserError, match="no class folders"):
+        build_datasets(folder_cfg(tmp_path))
+
+
+def test_unknown_name():
+    with pytest.raises(UserError, match="data.name"):
+        build_datasets(dict(MNIST, name="cifar"))
