@@ -54,15 +54,15 @@ def plot_kept_fraction(layers: list[dict], path: str | Path, title: str) -> None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     colours = {"QKV-M": "tab:blue", "PRJ-M": "tab:orange", "MLP-M": "tab:green"}
     fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.12), 3.2))
     ax.bar(range(len(layers)), [l["kept_fraction"] for l in layers],
            color=[colours[l["module"]] for l in layers], width=0.85)
-    for module, c in colours.items():
-        ax.bar([], [], color=c, label=module)
     ax.set(xlabel="prunable layer (network order)", ylabel="kept fraction", ylim=(0, 1.02), title=title)
-    ax.legend(loc="lower left", fontsize=8, ncol=3)
+    # explicit patches: an empty ax.bar() gives a legend entry in the default colour, not the module's
+    ax.legend(handles=[Patch(color=c, label=m) for m, c in colours.items()], loc="lower left", fontsize=8, ncol=3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
