@@ -30,7 +30,9 @@ def compute_masks(model: nn.Module, method: str, ratio: float) -> dict[str, torc
     """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data."""
     criterion = check_method(method)
     ratio = check_ratio(ratio)
-    return criterion(prunable_weights(model), ratio)
+    weights = prunable_weights(model)
+    masks = criterion(weights, ratio)
+    return {n: masks[n] for n in weights}  # network order, whatever order the criterion grouped them in
 
 
 @torch.no_grad()
