@@ -3,12 +3,19 @@
     python prune.py model=swin_b prune=dimap prune.ratio=0.55 output_dir=DIR
 
 Writes DIR/summary.json, DIR/model.safetensors (+ masks.safetensors), DIR/kept_fraction.png, and prints a table.
+
+Inspect mode (prune=none) prunes nothing: it reads a pruned checkpoint (e.g. the authors' DIMAP files), derives
+its masks from its zeros and reports them in the same summary format (ratio = the measured removed share);
+prune.compare_dense=PATH also compares them with the masks prune.compare_method computes from those dense weights:
+
+    python prune.py prune=none model=swin_t model.weights=PATH [prune.compare_dense=DENSE] output_dir=DIR
 """
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dimap.accounting import account
-from dimap.errors import exit_on_user_error
+from dimap.errors import UserError, exit_on_user_error
+from dimap.inspect_checkpoint import inspect_checkpoint
 from dimap.masks import apply_masks, check_method, check_ratio, compute_masks
 from dimap.models import build_model
 from dimap.pruned_file import save_pruned
@@ -19,6 +26,8 @@ from dimap.report import check_output_dir, format_table, plot_kept_fraction, pru
 def run(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     method, ratio = cfg.prune.method, cfg.prune.ratio
+    if method == "none":
+        return inspect(cfg, config)
     check_method(method)
     check_ratio(ratio)
     check_output_dir(cfg.output_dir, config)  # all checks before anything is written
@@ -38,6 +47,30 @@ def run(cfg: DictConfig) -> dict:
     write_json(f"{cfg.output_dir}/summary.json", summary)  # last: its presence marks a finished run
     print(format_table(summary))
     print(f"wrote {cfg.output_dir}/summary.json, model.safetensors, masks.safetensors")
+    return summary
+
+
+def inspect(cfg: DictConfig, config: dict) -> dict:
+    """prune=none: the masks, sparsity and accounting of an already pruned checkpoint; writes no model file."""
+    if str(cfg.model.weights) in ("hub", "random"):
+        raise UserError("prune=none inspects a pruned checkpoint: pass model.weights=PATH to it")
+    check_output_dir(cfg.output_dir, config)
+    compare_dense = cfg.prune.get("compare_dense")
+    if compare_dense:
+        check_method(cfg.prune.compare_method)
+    model, masks, comparison = inspect_checkpoint(config["model"], compare_dense, cfg.prune.get("compare_method"))
+    acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
+    summary = prune_summary(config["model"], "none", acc["prunable_removed_fraction"], acc, config=config,
+                            inspect=True, compare=comparison)
+    if cfg.plot:
+        plot_kept_fraction(acc["layers"], f"{cfg.output_dir}/kept_fraction.png",
+                           f"{cfg.model.short} checkpoint {cfg.model.weights}: kept fraction per layer")
+    write_json(f"{cfg.output_dir}/summary.json", summary)
+    print(format_table(summary))
+    if comparison:
+        print(f"masks vs {comparison['method']} from {compare_dense} at r={comparison['ratio']:.4f}: " + ", ".join(
+            f"{m} IoU {c['iou_kept']:.4f}" for m, c in [("all", comparison["overall"]), *comparison["modules"].items()]))
+    print(f"wrote {cfg.output_dir}/summary.json")
     return summary
 
 

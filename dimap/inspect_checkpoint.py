@@ -1,0 +1,69 @@
+"""Inspect a pruned checkpoint (e.g. the authors' DIMAP1/2/3 files): its masks, its sparsity, and how its masks
+compare with those our criteria compute from the dense weights it was pruned from.
+
+The authors' files are official Swin checkpoints (`{'model': state_dict}`, downsample at the end of a stage,
+`head.` not `head.fc.`) with pruned weights stored as zeros. They load through timm's checkpoint filter like
+any dense file, so the masks are read from the loaded model and keyed by timm parameter names.
+"""
+import torch
+from torch import nn
+
+from dimap.masks import compute_masks, masks_from_state_dict
+from dimap.models import build_model
+from dimap.modules import PRUNABLE_MODULES, module_of
+
+
+def checkpoint_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Masks of a model loaded from a pruned checkpoint: a prunable weight is pruned iff it is exactly zero."""
+    return masks_from_state_dict(dict(model.named_parameters()))
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Counts for the overlap of two masks of the same shape (True = kept)."""
+    return {"bits": a.numel(), "same": int((a == b).sum()), "both_kept": int((a & b).sum()),
+            "either_kept": int((a | b).sum()), "kept_a": int(a.sum()), "kept_b": int(b.sum())}
+
+
+def _ratios(c: dict) -> dict:
+    return {"iou_kept": c["both_kept"] / c["either_kept"] if c["either_kept"] else 1.0,
+            "same_bits": c["same"] / c["bits"], "kept_fraction_checkpoint": c["kept_a"] / c["bits"],
+            "kept_fraction_ours": c["kept_b"] / c["bits"]}
+
+
+def compare_masks(checkpoint: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict:
+    """How far two mask sets agree, overall, per module and per layer.
+
+    iou_kept = |kept in both| / |kept in either| (1.0 = the same weights survive); same_bits = share of mask bits
+    that are equal (pruned-pruned counts too); kept fractions of each side show a different split across modules.
+    """
+    if set(checkpoint) != set(ours):
+        missing = sorted(set(checkpoint) ^ set(ours))
+        raise ValueError(f"the two mask sets name different weights, e.g. {missing[0]!r}")
+    layers = {n: _overlap(checkpoint[n].bool(), ours[n].bool()) for n in checkpoint}
+    totals = {m: dict.fromkeys(next(iter(layers.values())), 0) for m in ("all", *PRUNABLE_MODULES)}
+    for name, c in layers.items():
+        for key in ("all", module_of(name)):
+            for k, v in c.items():
+                totals[key][k] += v
+    return {"overall": _ratios(totals["all"]),
+            "modules": {m: _ratios(c) for m, c in totals.items() if m != "all" and c["bits"]},
+            "layers": {n: _ratios(c) for n, c in layers.items()}}
+
+
+def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compare_method: str = "dimap"):
+    """Load the pruned checkpoint `model_cfg['weights']` into `model_cfg`'s architecture and read its masks.
+
+    With `compare_dense` (a dense checkpoint of the same architecture), also compute `compare_method`'s masks from
+    those dense weights at the checkpoint's measured removed share and compare the two mask sets.
+    Returns (model, masks, comparison or None).
+    """
+    model = build_model(model_cfg).eval()
+    masks = checkpoint_masks(model)
+    if not compare_dense:
+        return model, masks, None
+    removed = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    dense = build_model({**model_cfg, "weights": str(compare_dense)}).eval()
+    ours = compute_masks(dense, compare_method, removed)
+    comparison = {"dense_weights": str(compare_dense), "method": compare_method, "ratio": removed,
+                  **compare_masks(masks, ours)}
+    return model, masks, comparison
