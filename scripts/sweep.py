@@ -11,9 +11,9 @@ one grid point (model x method x ratio, in results/runs/grid/MODEL_METHOD_rRATIO
 train=paper, data=imagenet). Training points run `torchrun ... train.py`; with --prune-only every point runs
 `python prune.py` instead (same model, method and ratio, no data), into results/runs/prune_only/... so a
 prune-only summary never sits where the trained run of that point will write its own. Trailing key=value
-arguments are passed to every job. A point whose summary.json already holds what the point produces (top1 for
-a training or evaluation point, params_nonzero for a prune-only point) is skipped, so a killed sweep resumes
-where it stopped.
+arguments are passed to every job; --runs-dir moves every point's folder elsewhere. A point whose summary.json
+already holds what the point produces (top1 for a training or evaluation point, params_nonzero for a prune-only
+point) is skipped, so a killed sweep resumes where it stopped.
 
 Multi-node: start the same command on every node with --nnodes, --node-rank and --master-addr; all nodes walk
 the points in the same order, and results/runs must be on a filesystem they share (the skip test reads it).
