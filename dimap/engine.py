@@ -1,0 +1,126 @@
+"""One training epoch and one evaluation pass (DeiT's engine): mixed precision, gradient accumulation and
+clipping, Mixup, EMA, a fixed pruning mask re-applied after every optimizer step, and all-reduced metrics."""
+import contextlib
+import math
+
+import torch
+from tqdm import tqdm
+
+from dimap.distributed import all_reduce_max, all_reduce_sum
+from dimap.errors import UserError
+from dimap.recipe import autocast
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite (every rank raises it together)."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside torch.compile and DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, scheduler=None, mixup_fn=None,
+                    amp_dtype=None, scaler=None, clip_grad=None, accum_steps: int = 1, fixed_mask=None,
+                    ema=None, ema_mask=None, max_steps=None, nonfinite: str = "stop", channels_last=False,
+                    progress: bool = True) -> dict:
+    """Train `model` for one epoch; returns train_loss (mean over ranks and steps), lr and skipped steps.
+
+    `fixed_mask` (and `ema_mask` for the EMA copy) is a dimap.masks.FixedMask applied after every optimizer
+    step, so pruned weights are exactly zero whenever anything reads them. The schedule is stepped per update
+    here (timm's step_update, a no-op for per-epoch schedules); the caller steps it per epoch.
+    """
+    model.train()
+    steps = len(loader) if max_steps is None else min(len(loader), int(max_steps))
+    updates_per_epoch = max(1, steps // accum_steps)
+    num_updates = epoch * updates_per_epoch
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batches
+    skipped = 0
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(total=steps, desc=f"train {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
+    for i, (images, targets) in enumerate(loader):
+        if i >= steps:
+            break
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if mixup_fn is not None:
+            images, targets = mixup_fn(images, targets)
+        step_now = (i + 1) % accum_steps == 0 or i + 1 == steps
+        # DDP: no gradient all-reduce on the micro-batches that only accumulate
+        sync = contextlib.nullcontext() if step_now or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, amp_dtype):
+                loss = criterion(model(images), targets)
+            # decided on all ranks together, before backward, so no rank waits in an all-reduce alone
+            bad = all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
+            if bad.item():
+                if nonfinite != "skip":
+                    raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {epoch}, step {i}: lower "
+                                        "train.lr, set train.clip_grad or train.amp=bf16, or pass "
+                                        "train.nonfinite=skip; the last good checkpoint is kept, rerun to resume")
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)  # drop this accumulation group
+                bar.update(1)
+                continue
+            scaled = loss / accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        totals += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
+        if step_now:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if fixed_mask is not None:
+                fixed_mask.apply()
+            num_updates += 1
+            if ema is not None:
+                ema.update(unwrap(model), step=num_updates)
+                if ema_mask is not None:
+                    ema_mask.apply()
+            if scheduler is not None:
+                scheduler.step_update(num_updates=num_updates)
+        lr = optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+    bar.close()
+    all_reduce_sum(totals)
+    loss_mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
+    return {"train_loss": loss_mean, "lr": optimizer.param_groups[0]["lr"], "skipped_steps": skipped,
+            "updates": num_updates}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, progress: bool = True,
+             desc: str = "eval") -> dict:
+    """Top-1 / top-5 accuracy (%) and mean loss over the whole validation set.
+
+    Correct counts are summed over ranks with all_reduce; with a sampler that shards without padding
+    (dimap.data.ShardedEvalSampler) every validation image is counted exactly once: `n` says how many.
+    """
+    model = unwrap(model).eval()
+    stats = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, loss sum, images
+    for images, targets in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+        stats += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                              torch.nn.functional.cross_entropy(logits, targets, reduction="sum"),
+                              torch.tensor(len(targets), device=device)]).double()
+    all_reduce_sum(stats)
+    n = int(stats[3].item())
+    if n == 0:
+        return {"top1": math.nan, "top5": math.nan, "loss": math.nan, "n": 0}
+    return {"top1": 100.0 * stats[0].item() / n, "top5": 100.0 * stats[1].item() / n,
+            "loss": stats[2].item() / n, "n": n}

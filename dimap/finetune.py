@@ -1,0 +1,122 @@
+"""Finetuning a pruned model with its mask held fixed: the epoch loop, per-epoch mask checks, checkpoints
+(output_dir/checkpoints) and the per-epoch log (output_dir/log.jsonl). Resumes from a checkpoint dict."""
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from dimap.checkpoint import rng_state, save_checkpoint, seed_everything, set_rng_state
+from dimap.distributed import all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.engine import evaluate, train_one_epoch
+from dimap.errors import UserError
+from dimap.masks import FixedMask, mask_checksum
+from dimap.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
+                          resolve_batches, scaled_lrs)
+
+
+def check_masks(masks: dict, fixed: FixedMask | None = None, where: str = "") -> str:
+    """The masks' checksum, verified equal on every rank; with `fixed`, no pruned weight may be non-zero."""
+    sums = all_gather_object(mask_checksum(masks))
+    if len(set(sums)) > 1:
+        raise UserError(f"the pruning masks differ across ranks {where} (checksums {sums}): give every rank "
+                        "the same dense weights (model.weights) and the same prune settings")
+    if fixed is not None:
+        bad = all_reduce_sum(torch.tensor([float(fixed.violations())], dtype=torch.float64)).item()
+        if bad:
+            raise RuntimeError(f"{int(bad)} pruned weights are non-zero {where}: the fixed mask was not applied")
+    return sums[0]
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    """log.jsonl, one line per finished epoch; rewritten whole from the checkpointed history (resume-safe)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(path)
+
+
+def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, config: dict, device, out_dir,
+             *, state: dict | None = None, logger=None, results: dict | None = None, log=print) -> dict:
+    """Train `model` (already pruned with `masks`) for train.epochs; returns {'history', 'best_top1', 'final'}.
+
+    `state` is a checkpoint to resume from; `results` (pre-finetuning figures) is stored in every checkpoint.
+    The evaluated model (the EMA copy when train.ema) is the one whose weights end in `model` on return.
+    """
+    tc, rank, world, main = config["train"], get_rank(), get_world_size(), is_main()
+    batches = resolve_batches(tc, world)
+    max_steps = tc.get("max_steps_per_epoch")
+    steps = len(train_loader) if max_steps is None else min(len(train_loader), int(max_steps))
+    lrs = scaled_lrs(tc, batches.global_batch)
+    if tc.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, tc, lrs["lr"])
+    scheduler = build_scheduler(optimizer, tc, lrs, max(1, steps // batches.accum_steps))
+    mixup_fn, criterion = build_mixup_and_loss(tc, num_classes)
+    dtype = amp_dtype(tc, device)
+    scaler = grad_scaler(device, dtype)
+    fixed = FixedMask(model, masks)
+    ema = ema_mask = None
+    if tc.get("ema"):
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=float(tc.get("ema_decay", 0.9998)))
+        ema_mask = FixedMask(ema.module, masks)
+
+    start, best, history = 0, -math.inf, []
+    if state is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.module.load_state_dict(state["ema"])
+        start, best, history = state["epoch"] + 1, state["best_top1"], list(state["history"])
+        rngs = state["rng"]
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+        log(f"resuming after epoch {state['epoch']} (best top-1 so far {best:.2f})")
+    else:
+        seed_everything(config["seed"], rank)  # the finetuning run does not depend on what came before it
+    fixed.apply()
+    ddp = wrap_ddp(model, device)
+    if tc.get("compile"):
+        ddp = torch.compile(ddp)
+    eval_model = ema.module if ema is not None else model
+    log(f"finetuning {tc['epochs']} epochs on {world} process(es): global batch {batches.global_batch} "
+        f"({batches.per_process} x {batches.accum_steps} accum x {world}), lr {lrs['lr']:.3e}")
+
+    for epoch in range(start, int(tc["epochs"])):
+        t0 = time.time()
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch, scheduler=scheduler,
+                                mixup_fn=mixup_fn, amp_dtype=dtype, scaler=scaler, clip_grad=tc.get("clip_grad"),
+                                accum_steps=batches.accum_steps, fixed_mask=fixed, ema=ema, ema_mask=ema_mask,
+                                max_steps=max_steps, nonfinite=tc.get("nonfinite", "stop"),
+                                channels_last=bool(tc.get("channels_last")), progress=main)
+        scheduler.step(epoch + 1)
+        check_masks(masks, fixed, where=f"after epoch {epoch}")
+        ev = evaluate(eval_model, val_loader, device, amp_dtype=dtype, channels_last=bool(tc.get("channels_last")),
+                      progress=main, desc=f"eval {epoch}")
+        row = {"epoch": epoch, "train_loss": stats["train_loss"], "lr": stats["lr"], "top1": ev["top1"],
+               "top5": ev["top5"], "val_loss": ev["loss"], "skipped_steps": stats["skipped_steps"],
+               "time": time.time() - t0}
+        history.append(row)
+        is_best = ev["top1"] > best
+        best = max(best, ev["top1"])
+        rngs = all_gather_object(rng_state())
+        log(f"epoch {epoch}: loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  top-1 {row['top1']:.2f}  "
+            f"top-5 {row['top5']:.2f}  ({row['time']:.0f} s)")
+        if main:
+            save_checkpoint({
+                "model": model.state_dict(), "masks": masks, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.module.state_dict() if ema is not None else None, "epoch": epoch,
+                "best_top1": best, "history": history, "rng": rngs, "config": config, "results": results or {},
+                "mask_checksum": mask_checksum(masks), "world_size": world,
+                "wandb_id": logger.run_id if logger is not None else None,
+            }, Path(out_dir) / "checkpoints", is_best=is_best)
+            write_log(Path(out_dir) / "log.jsonl", history)
+            if logger is not None:
+                logger.log({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
+    return {"history": history, "best_top1": best, "final": history[-1] if history else None}

@@ -1,0 +1,88 @@
+"""Dense pretraining for models without pretrained weights (the demo's nano Swin on MNIST), cached on disk.
+
+The cache file is keyed by a hash of everything that shapes the dense weights (model, data, the pretraining
+recipe, seed, world size), so a second run with the same settings loads it instead of training again.
+"""
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dimap.checkpoint import seed_everything
+from dimap.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.engine import evaluate, train_one_epoch
+from dimap.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
+                          resolve_batches, scaled_lrs)
+
+# Pretraining takes the finetuning recipe (train.*) with these replaced: plain dense training, no Mixup or EMA.
+PLAIN = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "ema": False}
+NOT_SHAPING = ("resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite", "compile")
+
+
+def pretrain_recipe(config: dict) -> dict:
+    return {**config["train"], **PLAIN, **config["pretrain"]}
+
+
+def pretrain_key(config: dict, world_size: int) -> str:
+    recipe = {k: v for k, v in pretrain_recipe(config).items() if k not in NOT_SHAPING}
+    data = {k: v for k, v in config["data"].items() if k not in ("root", "num_workers")}
+    blob = json.dumps({"model": config["model"], "data": data, "recipe": recipe, "seed": config["seed"],
+                       "world_size": world_size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain_dense(model, config: dict, train_loader, val_loader, num_classes: int, device, cache_dir,
+                   log=print) -> dict:
+    """Fill `model` with dense weights trained per config['pretrain'], from the cache when present.
+
+    Returns {'cache': path, 'cached': bool, 'top1', 'top5'} (accuracy of the dense model after pretraining).
+    """
+    world = get_world_size()
+    key = pretrain_key(config, world)
+    path = Path(cache_dir) / "pretrain" / f"{config['model'].get('short', 'model')}_{key}.pt"
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            log(f"dense weights from the pretraining cache {path} (top-1 {state['top1']:.2f})")
+            return {"cache": str(path), "cached": True, "top1": state["top1"], "top5": state["top5"]}
+        except Exception as e:  # a torn cache file is only a cache miss
+            log(f"warning: the pretraining cache {path} is unreadable ({type(e).__name__}); training again")
+
+    rc = pretrain_recipe(config)
+    epochs = int(rc["epochs"])
+    batches = resolve_batches(rc, world)
+    steps = len(train_loader) if rc.get("max_steps_per_epoch") is None else min(len(train_loader),
+                                                                                 int(rc["max_steps_per_epoch"]))
+    lrs = scaled_lrs(rc, batches.global_batch)
+    optimizer = build_optimizer(model, rc, lrs["lr"])
+    scheduler = build_scheduler(optimizer, rc, lrs, max(1, steps // batches.accum_steps))
+    _, criterion = build_mixup_and_loss(rc, num_classes)
+    dtype = amp_dtype(rc, device)
+    scaler = grad_scaler(device, dtype)
+    seed_everything(config["seed"], get_rank())
+    ddp = wrap_ddp(model, device)
+    log(f"pretraining the dense model: {epochs} epochs, global batch {batches.global_batch}, lr {lrs['lr']:.2e}")
+    t0 = time.time()
+    for epoch in range(epochs):
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch, scheduler=scheduler,
+                                amp_dtype=dtype, scaler=scaler, clip_grad=rc.get("clip_grad"),
+                                accum_steps=batches.accum_steps, max_steps=rc.get("max_steps_per_epoch"),
+                                nonfinite=rc.get("nonfinite", "stop"), progress=is_main())
+        scheduler.step(epoch + 1)
+        log(f"pretrain epoch {epoch}: loss {stats['train_loss']:.4f}, lr {stats['lr']:.2e}, "
+            f"{time.time() - t0:.0f} s")
+    ev = evaluate(model, val_loader, device, amp_dtype=dtype, progress=is_main(), desc="eval dense")
+    log(f"pretrained dense model: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "top1": ev["top1"], "top5": ev["top5"], "key": key}, tmp)
+        os.replace(tmp, path)
+    barrier()
+    return {"cache": str(path), "cached": False, "top1": ev["top1"], "top5": ev["top5"]}

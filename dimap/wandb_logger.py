@@ -1,0 +1,72 @@
+"""Weights & Biases logging on rank 0: the resolved config and git commit, per-epoch metrics, and a summary with
+a row in the paper's Table 1 format. Offline (under output_dir/wandb) when no API key is set.
+
+Every method is a no-op when logging is off or on a rank other than 0, so callers never branch.
+"""
+import os
+
+PAPER_VARIANTS = {0.15: "DIMAP1", 0.35: "DIMAP2", 0.55: "DIMAP3"}  # paper Table 1 names for the dimap ratios
+TABLE1_COLUMNS = ["model", "variant", "method", "ratio", "top1", "top5", "params_m", "params_reduction_pct",
+                  "flops_g", "flops_reduction_pct"]
+
+
+def wandb_mode(cfg_mode=None) -> str | None:
+    """The mode to pass to wandb.init: the config's if set; else WANDB_MODE's (None lets wandb read it); else
+    online with WANDB_API_KEY, offline without."""
+    if cfg_mode:
+        return str(cfg_mode)
+    if os.environ.get("WANDB_MODE"):
+        return None
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def table1_row(summary: dict) -> dict:
+    """One row as in the paper's Table 1 (params in millions, paper-style FLOPs in G, reductions in %)."""
+    ratio = summary["ratio"]
+    variant = PAPER_VARIANTS.get(round(ratio, 2), "") if summary["method"] == "dimap" else ""
+    return {"model": summary.get("model_short", summary["model"]), "variant": variant or summary["method"],
+            "method": summary["method"], "ratio": ratio, "top1": summary.get("top1"), "top5": summary.get("top5"),
+            "params_m": summary["params_nonzero"] / 1e6, "params_reduction_pct": summary["params_reduction_pct"],
+            "flops_g": summary["flops_paper"] / 1e9, "flops_reduction_pct": summary["flops_paper_reduction_pct"]}
+
+
+class WandbLogger:
+    def __init__(self, cfg: dict | None, config: dict, out_dir, *, enabled: bool = True, run_id: str | None = None):
+        """`cfg` is the logger config (enabled, project, entity, group, name, tags, mode); `config` the resolved
+        run config, stored with the run; `run_id` continues an earlier run (resumed training)."""
+        self.run = None
+        cfg = cfg or {}
+        if not enabled or not cfg.get("enabled", False):
+            return
+        import wandb
+
+        os.makedirs(out_dir, exist_ok=True)
+        from dimap.provenance import git_commit
+        self.run = wandb.init(
+            project=cfg.get("project", "dimap"), entity=cfg.get("entity"), group=cfg.get("group"),
+            name=cfg.get("name"), tags=list(cfg.get("tags") or []), dir=str(out_dir), mode=wandb_mode(cfg.get("mode")),
+            config={**config, "git_commit": git_commit()}, id=run_id, resume="allow" if run_id else None)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def finish(self, summary: dict | None = None) -> None:
+        """Headline figures into the run summary and the Table 1 row as a wandb.Table, then close the run."""
+        if self.run is None:
+            return
+        if summary is not None:
+            import wandb
+
+            keep = ("top1", "top5", "pruned_top1", "pruned_top5", "dense_top1", "dense_top5", "best_top1",
+                    "params_total", "params_nonzero", "params_reduction_pct", "flops_dense", "flops_paper",
+                    "flops_paper_reduction_pct", "flops_sparse", "flops_sparse_reduction_pct", "wall_time_s")
+            self.run.summary.update({k: summary[k] for k in keep if summary.get(k) is not None})
+            row = table1_row(summary)
+            self.run.log({"table1": wandb.Table(columns=TABLE1_COLUMNS, data=[[row[c] for c in TABLE1_COLUMNS]])})
+        self.run.finish()
+        self.run = None

@@ -1,0 +1,138 @@
+"""Prune a dense Swin one-shot (same code path as prune.py), finetune it with the mask held fixed, evaluate.
+
+    python train.py                                       # the embedded demo: nano Swin on MNIST, CPU, ~2 min
+    torchrun --nproc_per_node=8 train.py experiment=table1/swin_t_dimap3 data.root=/data/imagenet
+
+Writes to output_dir (rank 0 only): summary.json (last: marks a finished run), log.jsonl, model.safetensors +
+masks.safetensors, checkpoints/{last,prev,best}.pt and wandb/. The same command again resumes from last.pt.
+"""
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dimap.accounting import account
+from dimap.checkpoint import config_differences, load_latest, seed_everything
+from dimap.data import build_loaders
+from dimap.distributed import cleanup, init_distributed
+from dimap.engine import evaluate
+from dimap.errors import UserError, exit_on_user_error
+from dimap.finetune import check_masks, finetune
+from dimap.masks import apply_masks, check_method, check_ratio, compute_masks
+from dimap.models import build_model
+from dimap.pretrain import pretrain_dense
+from dimap.pruned_file import save_pruned
+from dimap.recipe import amp_dtype, resolve_batches
+from dimap.report import check_output_dir, format_table, prune_summary, write_json
+from dimap.wandb_logger import WandbLogger
+
+
+def validate(model, loader, device, dtype, progress: bool, desc: str) -> dict:
+    ev = evaluate(model, loader, device, amp_dtype=dtype, progress=progress, desc=desc)
+    if ev["n"] != len(loader.dataset):  # a sharding bug would silently skew every accuracy reported
+        raise RuntimeError(f"evaluated {ev['n']} validation images, the set has {len(loader.dataset)}")
+    return ev
+
+
+def results_table(s: dict) -> str:
+    """Dense, pruned and finetuned rows: top-1, top-5, non-zero parameters, paper-style FLOPs."""
+    rows = [f"{'':<10} {'top-1':>7} {'top-5':>7} {'params (M)':>11} {'FLOPs (G, paper)':>17}"]
+    for name, key, params, flops in (("dense", "dense", s["params_total"], s["flops_dense"]),
+                                     ("pruned", "pruned", s["params_nonzero"], s["flops_paper"]),
+                                     ("finetuned", "", s["params_nonzero"], s["flops_paper"])):
+        top1, top5 = s.get(f"{key}_top1" if key else "top1"), s.get(f"{key}_top5" if key else "top5")
+        if top1 is None or (name == "finetuned" and not s["epochs"]):
+            continue
+        rows.append(f"{name:<10} {top1:>7.2f} {top5:>7.2f} {params / 1e6:>11.3f} {flops / 1e9:>17.4f}")
+    return "\n".join(rows)
+
+
+@exit_on_user_error
+def run(cfg: DictConfig) -> dict | None:
+    t_start = time.time()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tc, method, ratio = config["train"], cfg.prune.method, check_ratio(cfg.prune.ratio)
+    check_method(method)
+    if tc["nonfinite"] not in ("stop", "skip"):
+        raise UserError(f"train.nonfinite={tc['nonfinite']!r} is unknown: pass train.nonfinite=stop or skip")
+    if not isinstance(tc["epochs"], int) or tc["epochs"] < 0:
+        raise UserError(f"train.epochs={tc['epochs']!r} must be a whole number >= 0 (0 = prune and evaluate only)")
+    device, rank, world = init_distributed(cfg.device)
+    main = rank == 0
+    log = print if main else (lambda *a, **k: None)
+    batches, dtype = resolve_batches(tc, world), amp_dtype(tc, device)
+    if device.type == "cpu" and str(tc["amp"]) != "none":
+        log(f"note: train.amp={tc['amp']} applies on CUDA only; this CPU run computes in fp32")
+    out = Path(cfg.output_dir)
+    check_output_dir(out, config)  # every check before anything is written
+    state = load_latest(out / "checkpoints", log)[0] if tc["resume"] else None
+    if state is not None and (diffs := config_differences(state["config"], config)):
+        raise UserError(f"{out}/checkpoints hold a run of a different config (differs in {', '.join(diffs)}): "
+                        "choose another output_dir or pass train.resume=false to start over")
+
+    seed_everything(cfg.seed)  # the same model init on every rank
+    train_loader, val_loader, num_classes = build_loaders(
+        config["data"], batches.per_process, tc["eval_batch_size"], world_size=world, rank=rank, seed=cfg.seed,
+        num_workers=tc["num_workers"], pin_memory=bool(tc["pin_memory"]) and device.type == "cuda")
+    model = build_model(config["model"]).to(device)
+    if model.num_classes != num_classes:
+        raise UserError(f"the model has {model.num_classes} classes, data={cfg.data.name} has {num_classes}: "
+                        "pick the matching model and data")
+    results = dict(state["results"]) if state else {}
+    if state is None:
+        if config["pretrain"]["epochs"] > 0:
+            pre = pretrain_dense(model, config, train_loader, val_loader, num_classes, device,
+                                 config["paths"]["cache_dir"], log=log)
+            results.update(dense_top1=pre["top1"], dense_top5=pre["top5"], pretrain_cache=pre["cache"])
+        elif tc["validate_dense"]:
+            ev = validate(model, val_loader, device, dtype, main, "eval dense")
+            results.update(dense_top1=ev["top1"], dense_top5=ev["top5"])
+        masks = compute_masks(model, method, ratio)
+        apply_masks(model, masks)
+        ev = validate(model, val_loader, device, dtype, main, "eval pruned")
+        results.update(pruned_top1=ev["top1"], pruned_top5=ev["top5"], val_images=ev["n"])
+        log(f"pruned {method} r={ratio}: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f} before finetuning")
+    else:
+        model.load_state_dict(state["model"])
+        masks = {k: v.to(device) for k, v in state["masks"].items()}
+    checksum = check_masks(masks, where="after pruning")
+    log(f"masks identical on {world} rank(s): checksum {checksum}")
+
+    logger = WandbLogger(config["logger"], config, out, enabled=main, run_id=(state or {}).get("wandb_id"))
+    fit = {"history": [], "best_top1": None, "final": None}
+    if tc["epochs"] > 0:
+        fit = finetune(model, masks, train_loader, val_loader, num_classes, config, device, out, state=state,
+                       logger=logger, results=results, log=log)
+    final = fit["final"] or {"top1": results["pruned_top1"], "top5": results["pruned_top5"]}
+
+    summary = None
+    if main:
+        acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
+        summary = prune_summary(
+            config["model"], method, ratio, acc, top1=final["top1"], top5=final["top5"], **results,
+            best_top1=fit["best_top1"], epochs=tc["epochs"], world_size=world, global_batch=batches.global_batch,
+            seed=cfg.seed, mask_checksum=checksum, train_time_s=sum(r["time"] for r in fit["history"]),
+            wall_time_s=time.time() - t_start, config=config)
+        meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": method, "ratio": ratio,
+                "weights": str(cfg.model.weights), "finetuned_epochs": tc["epochs"], "top1": final["top1"],
+                "git_commit": summary["git_commit"]}
+        save_pruned(model, masks, out, meta)
+        write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+        print(format_table(summary))
+        print(results_table(summary))
+        print(f"wrote {out}/summary.json, log.jsonl, model.safetensors, checkpoints/")
+    logger.finish(summary)
+    return summary
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
