@@ -47,9 +47,16 @@ class FixedMask:
     """Keeps a model's pruned weights at exactly zero during finetuning.
 
     Call `apply()` after every optimizer step: AdamW's momentum and weight decay would otherwise regrow them.
-    One fused `_foreach_mul_` over all masked parameters, with the masks pre-cast to each parameter's dtype and
-    device, so the hot path has no Python loop over parameters.
+    The hot path is one `_foreach_mul_` over precomputed lists (masks pre-cast to each parameter's dtype and
+    device, fully kept layers left out), with no Python loop over parameters. On CPU the lists hold chunks
+    smaller than torch's parallel grain: a multiply is memory-bound, and one thread per chunk avoids OpenMP
+    barriers, which cost 10x on a loaded machine (scripts/bench_mask_overhead.py measures all of this).
+
+    Masking gradients is not needed for the mask to hold (apply() re-zeros after the step); `mask_grads()`
+    exists for one case: call it before gradient clipping to clip by the norm of the kept weights only.
     """
+
+    CHUNK = 16384  # elements; below at::internal::GRAIN_SIZE (32768), so each chunk runs on one thread
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
         params = dict(model.named_parameters())
@@ -59,10 +66,33 @@ class FixedMask:
         self.names = list(masks)
         self.params = [params[n] for n in self.names]
         self.factors = [masks[n].to(device=p.device, dtype=p.dtype) for n, p in zip(self.names, self.params)]
+        self._pruned = [i for i, n in enumerate(self.names) if not bool(masks[n].all())]
+        self._bind()
+
+    def _bind(self) -> None:
+        self._storage = [self.params[i].data_ptr() for i in self._pruned]
+        self._targets = self._split([self.params[i].detach() for i in self._pruned])
+        self._multipliers = self._split([self.factors[i] for i in self._pruned])
+
+    def _split(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not tensors or tensors[0].device.type != "cpu":
+            return tensors  # CUDA: _foreach_mul_ is one fused kernel over whole tensors
+        return [c for t in tensors for c in (t.view(-1).split(self.CHUNK) if t.is_contiguous() else [t])]
 
     @torch.no_grad()
     def apply(self) -> None:
-        torch._foreach_mul_(self.params, self.factors)
+        if [self.params[i].data_ptr() for i in self._pruned] != self._storage:
+            self._bind()  # someone replaced a parameter's .data (model.half(), p.data = ...): follow it
+        if self._targets:
+            torch._foreach_mul_(self._targets, self._multipliers)
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero the gradients of pruned weights (optional, see the class docstring)."""
+        pairs = [(self.params[i].grad, self.factors[i]) for i in self._pruned if self.params[i].grad is not None]
+        if pairs:
+            grads, factors = zip(*pairs)
+            torch._foreach_mul_(self._split(list(grads)), self._split(list(factors)))
 
     @torch.no_grad()
     def violations(self) -> int:
