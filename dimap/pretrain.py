@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from dimap.checkpoint import seed_everything
+from dimap.data import build_loaders
 from dimap.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
 from dimap.engine import evaluate, train_one_epoch
 from dimap.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
                           resolve_batches, scaled_lrs)
 
-# Pretraining takes the finetuning recipe (train.*) with these replaced: plain dense training, no Mixup or EMA.
+# Pretraining takes the finetuning recipe (train.*), then these, then the pretrain block: no Mixup, CutMix or EMA.
 PLAIN = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "ema": False}
 NOT_SHAPING = ("resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite", "compile")
 
@@ -34,11 +35,11 @@ def pretrain_key(config: dict, world_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrain_dense(model, config: dict, train_loader, val_loader, num_classes: int, device, cache_dir,
-                   log=print) -> dict:
+def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
     """Fill `model` with dense weights trained per config['pretrain'], from the cache when present.
 
-    Returns {'cache': path, 'cached': bool, 'top1', 'top5'} (accuracy of the dense model after pretraining).
+    Builds its own loaders (pretrain.batch_size may differ from train.batch_size). Returns {'cache': path,
+    'cached': bool, 'top1', 'top5'}: the accuracy of the dense model after pretraining.
     """
     world = get_world_size()
     key = pretrain_key(config, world)
@@ -55,6 +56,9 @@ def pretrain_dense(model, config: dict, train_loader, val_loader, num_classes: i
     rc = pretrain_recipe(config)
     epochs = int(rc["epochs"])
     batches = resolve_batches(rc, world)
+    train_loader, val_loader, num_classes = build_loaders(
+        config["data"], batches.per_process, rc["eval_batch_size"], world_size=world, rank=get_rank(),
+        seed=config["seed"], num_workers=rc["num_workers"], pin_memory=bool(rc["pin_memory"]) and device.type == "cuda")
     steps = len(train_loader) if rc.get("max_steps_per_epoch") is None else min(len(train_loader),
                                                                                  int(rc["max_steps_per_epoch"]))
     lrs = scaled_lrs(rc, batches.global_batch)
