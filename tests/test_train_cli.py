@@ -22,8 +22,8 @@ TINY = ["model.kwargs.patch_size=4", "model.kwargs.embed_dim=8", "model.kwargs.d
 
 def compose_train(out, *overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"output_dir={out}", f"paths.cache_dir={out}/../cache", *TINY,
-                                           *overrides])
+        cache = Path(out).parent / "cache"
+        return compose("train", overrides=[f"output_dir={out}", f"paths.cache_dir={cache}", *TINY, *overrides])
 
 
 def run(out, *overrides):
@@ -70,6 +70,15 @@ def test_epochs_0_prunes_and_evaluates_only(tmp_path):
     s = run(tmp_path, "train.epochs=0", "train.validate_dense=true")
     assert s["epochs"] == 0 and s["top1"] == s["pruned_top1"] and s["dense_top1"] is not None
     assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "checkpoints").exists()
+
+
+def test_dense_pretraining_is_cached(tmp_path, capsys):
+    first = run(tmp_path / "a", "train.epochs=0", "pretrain.epochs=1")
+    assert "pretraining the dense model" in capsys.readouterr().out
+    second = run(tmp_path / "b", "train.epochs=0", "pretrain.epochs=1")
+    assert "from the pretraining cache" in capsys.readouterr().out
+    assert second["dense_top1"] == first["dense_top1"] and second["top1"] == first["top1"]
+    assert len(list((tmp_path / "cache" / "pretrain").glob("*.pt"))) == 1
 
 
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
