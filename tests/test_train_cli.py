@@ -174,3 +174,14 @@ def test_wandb_offline_run_holds_the_table1_row(tmp_path, monkeypatch):
     row = dict(zip(table["columns"], table["data"][0]))
     assert row["variant"] == "DIMAP3" and row["top1"] == pytest.approx(s["top1"])
     assert row["params_m"] == pytest.approx(s["params_nonzero"] / 1e6)
+
+
+def test_recipe_switches_run_together_and_keep_the_mask(tmp_path):
+    """EMA (evaluated and saved), Mixup/CutMix with smoothing, accumulation, channels_last, per-epoch schedule."""
+    s = run(tmp_path, "train.epochs=1", "train.ema=true", "train.ema_decay=0.5", "train.mixup=0.8", "train.cutmix=1.0",
+            "train.smoothing=0.1", "train.accum_steps=2", "train.channels_last=true", "train.sched_on_updates=false")
+    assert s["global_batch"] == 32
+    sd, masks = weights(tmp_path), load_file(str(tmp_path / "masks.safetensors"))
+    assert all(torch.all(sd[n][~m] == 0) for n, m in masks.items())
+    ema = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["ema"]
+    assert all(torch.equal(sd[k], ema[k]) for k in sd)  # the EMA weights are the ones evaluated and saved
