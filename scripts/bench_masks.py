@@ -74,7 +74,7 @@ def reinit(model: torch.nn.Module, init: str, seed: int) -> None:
     with torch.no_grad():
         for w in prunable_weights(model).values():
             scale = 10 ** (2 * torch.rand((), generator=g) - 3)  # layers differ in scale, 1e-3 to 1e-1
-            lap = torch.randn(w.shape, generator=g).sign() * -torch.rand(w.shape, generator=g).log() * scale
+            lap = torch.randn(w.shape, generator=g).sign() * -torch.log1p(-torch.rand(w.shape, generator=g)) * scale
             if init == "pruned":  # a pruned, bf16-rounded model: 40% exact zeros and many exact ties
                 lap = (lap * (torch.rand(w.shape, generator=g) > 0.4)).bfloat16().float()
             w.copy_(lap)

@@ -36,7 +36,8 @@ def test_bench_masks(tmp_path):
 
 
 def test_bench_mask_overhead(tmp_path):
-    load("bench_mask_overhead").main(["--model", "swin_nano", "--batch", "4", "--repeats", "2", "--warmup", "1",
+    load("bench_mask_overhead").main(["--model", "swin_nano", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                                      "--apply-repeats", "2",
                                       "--out", str(tmp_path)])
     res = read_record(tmp_path / "overhead_swin_nano_cpu.json")["results"]
     assert set(res["median_step_s"]) == {"plain", "masked", "masked_grads"}

@@ -25,7 +25,7 @@ def layers(shapes, fill, seed=0):
 SHAPES = [(48, 16), (16, 16), (64, 16), (16, 64), (96, 32), (32, 32), (1, 1), (32, 128), (7, 3), (5,)]
 CASES = {
     "gaussian": lambda g, s: torch.randn(s, generator=g),
-    "laplace": lambda g, s: torch.randn(s, generator=g).sign() * -torch.rand(s, generator=g).log(),
+    "laplace": lambda g, s: torch.randn(s, generator=g).sign() * -torch.log1p(-torch.rand(s, generator=g)),
     "uniform_scaled": lambda g, s: (torch.rand(s, generator=g) - 0.5) * 10 ** torch.randint(-6, 3, (1,), generator=g),
     "ties": lambda g, s: torch.randint(-3, 4, s, generator=g).float() * 0.25,  # few values, many zeros
     "sparse": lambda g, s: torch.randn(s, generator=g) * (torch.rand(s, generator=g) < 0.4),  # a pruned model
