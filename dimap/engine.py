@@ -70,6 +70,8 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
         if step_now:
             if scaler is not None:
                 scaler.unscale_(optimizer)
+            if fixed_mask is not None:  # the clipping norm is the pruned network's, not the dense one's
+                fixed_mask.mask_grads()
             if clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad))
             if scaler is not None:
