@@ -5,31 +5,12 @@ per layer a stable descending argsort in float64 and a sequential cumulative sum
 stable ascending argsort of all scores, removing exactly `n_removed` of the lowest (ties: earlier layer, then
 lower flat index, first). Slow (about a minute for Swin-B on 2 CPU cores); use it for tests, not for pruning.
 """
-import math
-
 import torch
 
+from dimap.criteria import n_removed
 from dimap.modules import modules_of
-
-
-def n_removed(n: int, ratio: float) -> int:
-    return int(math.floor(ratio * n + 0.5))
-
-
-def dimap_scores(weight: torch.Tensor) -> torch.Tensor:
-    """Paper Eq. 10, one score per weight (float64)."""
-    flat = weight.detach().reshape(-1).to(torch.float64)
-    order = torch.argsort(flat.abs(), descending=True, stable=True)
-    sq = flat[order].square()
-    cum = torch.cumsum(sq, 0)
-    sorted_scores = torch.where(cum > 0, sq / cum.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    scores = torch.empty_like(sorted_scores)
-    scores[order] = sorted_scores
-    return scores.reshape(weight.shape)
-
-
-def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().abs().to(torch.float64)
+# The per-weight scores (one argsort per layer) are the straightforward form of Eq. 10 already.
+from dimap.scores import dimap_scores, magnitude_scores
 
 
 def masks_for_ratio(scores: dict[str, torch.Tensor], groups: list[list[str]], ratio: float) -> dict[str, torch.Tensor]:
