@@ -1,0 +1,309 @@
+"""The shape of the paper's Tables 3 and 4 on the embedded demo (nano Swin, mnist5k), on CPU, over dense seeds.
+
+    python scripts/replicate_demo.py --threads 1          # 3 dense seeds; writes results/demo/
+    python scripts/replicate_demo.py --seeds 0 --dense-epochs 1 --shares 50 --finetune-epochs 1 \
+        --out /tmp/demo train.max_steps_per_epoch=2 data.val_size=100       # a smoke run
+
+Per seed, one dense model (conf/experiment/demo_replication.yaml: 1,500 AdamW steps; cached in --cache-dir, so
+a rerun skips it), then
+- Table 3: every criterion, no finetuning, at each share of ALL parameters removed. The per-module ratio is
+  r = share x params_total / prunable_weights; a share above prunable / total cannot be reached and is skipped.
+- Table 4: the --finetune-criteria at r = 0.55 (DIMAP3), pruned, then finetuned with the mask fixed
+  (train/demo.yaml: 2 epochs), each from the same dense model; also at r = 0.925, where this model degrades.
+Writes rows.csv and rows.json (one row per seed x criterion x point; the JSON also holds config, git commit and
+versions), summary.md and replication.png. Trailing key=value arguments are Hydra overrides for every seed.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: spinning OpenMP threads crawl on a shared CPU
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from dimap.accounting import account  # noqa: E402
+from dimap.checkpoint import seed_everything  # noqa: E402
+from dimap.data import build_loaders  # noqa: E402
+from dimap.engine import evaluate  # noqa: E402
+from dimap.finetune import finetune  # noqa: E402
+from dimap.masks import apply_masks, compute_masks  # noqa: E402
+from dimap.models import build_model  # noqa: E402
+from dimap.modules import prunable_weights  # noqa: E402
+from dimap.pretrain import pretrain_dense, pretrain_recipe  # noqa: E402
+from dimap.provenance import git_commit, versions  # noqa: E402
+from dimap.recipe import resolve_batches  # noqa: E402
+
+CRITERIA = ("uniform", "dimap", "single_module", "global_magnitude")
+COLORS = {"dimap": "tab:red", "single_module": "tab:orange", "global_magnitude": "tab:blue", "uniform": "tab:gray"}
+MARKERS = {"dimap": "o", "single_module": "^", "global_magnitude": "v", "uniform": "s"}
+FIELDS = ("table", "seed", "criterion", "share_removed_pct", "ratio", "params_total", "prunable_weights",
+          "params_nonzero", "params_removed_pct", "top1", "top5", "finetuned", "finetune_epochs", "dense_top1",
+          "dense_top5", "dense_steps")
+
+
+def compose(seed: int, args) -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    overrides = [f"experiment={args.experiment}", f"seed={seed}", f"paths.cache_dir={args.cache_dir}"]
+    if args.dense_epochs is not None:
+        overrides.append(f"pretrain.epochs={args.dense_epochs}")
+    if args.finetune_epochs is not None:
+        overrides.append(f"train.epochs={args.finetune_epochs}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides + list(args.overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def ratio_for_share(share_pct: float, params_total: int, prunable: int) -> float | None:
+    """Per-module ratio removing share_pct % of ALL parameters; None when the prunable weights are too few."""
+    r = share_pct / 100 * params_total / prunable
+    return r if r < 1 else None
+
+
+def evaluate_masked(model, dense_sd, method, ratio, val_loader, device):
+    """(masks, accounting, eval) of the dense model pruned by `method` at `ratio`, without finetuning."""
+    model.load_state_dict(dense_sd)
+    masks = compute_masks(model, method, ratio)
+    apply_masks(model, masks)
+    ev = evaluate(model, val_loader, device, progress=False, desc=f"{method} r={ratio:.3f}")
+    return masks, ev
+
+
+def run_seed(seed: int, args, device, log) -> tuple[list[dict], dict]:
+    config = compose(seed, args)
+    seed_everything(seed)
+    model = build_model(config["model"]).to(device)
+    rc = pretrain_recipe(config)
+    pre_bs = resolve_batches(rc, 1).per_process
+    tc = config["train"]
+    ft_loader, val_loader, num_classes = build_loaders(config["data"], resolve_batches(tc, 1).per_process,
+                                                       tc["eval_batch_size"], seed=seed)
+    t0 = time.time()
+    pre = pretrain_dense(model, config, device, config["paths"]["cache_dir"], log=log)
+    n_train = len(ft_loader.dataset)
+    steps_per_epoch = n_train // pre_bs if rc.get("max_steps_per_epoch") is None else min(
+        n_train // pre_bs, int(rc["max_steps_per_epoch"]))
+    dense = {"seed": seed, "dense_top1": pre["top1"], "dense_top5": pre["top5"],
+             "dense_steps": int(rc["epochs"]) * steps_per_epoch, "cache": pre["cache"], "cached": pre["cached"],
+             "pretrain_s": round(time.time() - t0, 1)}
+    dense_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    params_total = sum(p.numel() for p in model.parameters())
+    prunable = sum(p.numel() for p in prunable_weights(model).values())
+    flops = {n: 0 for n, _ in model.named_modules()}  # params only: account() needs a FLOPs entry per layer
+    base = dict(seed=seed, params_total=params_total, prunable_weights=prunable, dense_top1=pre["top1"],
+                dense_top5=pre["top5"], dense_steps=dense["dense_steps"])
+
+    def row(table, method, share, ratio, masks, ev, finetuned, epochs=0):
+        acc = account(model, masks, 0, flops=flops)
+        return dict(base, table=table, criterion=method, share_removed_pct=share, ratio=round(ratio, 6),
+                    params_nonzero=acc["params_nonzero"], params_removed_pct=round(acc["params_reduction_pct"], 3),
+                    top1=ev["top1"], top5=ev["top5"], finetuned="yes" if finetuned else "no", finetune_epochs=epochs)
+
+    rows = []
+    for share in args.shares:
+        ratio = ratio_for_share(share, params_total, prunable)
+        if ratio is None:
+            continue
+        for method in args.criteria:
+            masks, ev = evaluate_masked(model, dense_sd, method, ratio, val_loader, device)
+            rows.append(row("table3", method, share, ratio, masks, ev, False))
+        log(f"seed {seed}, {share}% removed (r={ratio:.3f}): " +
+            ", ".join(f"{r['criterion']} {r['top1']:.1f}" for r in rows[-len(args.criteria):]))
+
+    for ratio in args.finetune_ratios:
+        share = round(100 * ratio * prunable / params_total, 2)
+        for method in args.finetune_criteria:
+            masks, ev = evaluate_masked(model, dense_sd, method, ratio, val_loader, device)
+            rows.append(row("table4", method, share, ratio, masks, ev, False))
+            with tempfile.TemporaryDirectory() as tmp:  # finetune() checkpoints every epoch; nothing here resumes
+                fit = finetune(model, masks, ft_loader, val_loader, num_classes, config, device, tmp,
+                               log=lambda *a: None)
+            final = fit["final"] or ev
+            rows.append(row("table4", method, share, ratio, masks, final, True, int(tc["epochs"])))
+            log(f"seed {seed}, r={ratio}: {method} pruned {ev['top1']:.1f} -> finetuned {final['top1']:.1f}")
+    return rows, dict(dense, config=config, params_total=params_total, prunable_weights=prunable)
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{t.mean():.1f} ± {t.std():.1f} [{t.min():.1f}, {t.max():.1f}]"
+
+
+def pick(rows, **want) -> list[dict]:
+    return [r for r in rows if all(r[k] == v for k, v in want.items())]
+
+
+def summary_markdown(rows: list[dict], denses: list[dict], skipped: list[float]) -> str:
+    seeds = sorted({d["seed"] for d in denses})
+    n_val = denses[0]["config"]["data"].get("val_size")
+    lines = [f"Top-1 (%) on the {n_val} {denses[0]['config']['data']['name']} validation images, over {len(seeds)} "
+             f"dense seed(s) {seeds}: "
+             "mean ± std [min, max] (one value when there is one seed).", "",
+             f"Dense models: top-1 {spread([d['dense_top1'] for d in denses])}, "
+             f"{denses[0]['dense_steps']} AdamW steps each.", "",
+             "## Table 3 shape: no finetuning", ""]
+    t3 = pick(rows, table="table3")
+    if not t3:
+        lines.append("(no share reachable)")
+    methods = [m for m in CRITERIA if pick(t3, criterion=m)]
+    has_pair = "dimap" in methods and "uniform" in methods
+    head = ["% params removed", "r"] + methods + (["dimap − uniform (paired)"] if has_pair else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if t3 else []
+    for share in sorted({r["share_removed_pct"] for r in t3}) if t3 else []:
+        at = pick(t3, share_removed_pct=share)
+        cells = [f"{share:g}", f"{at[0]['ratio']:.3f}"]
+        cells += [spread([r["top1"] for r in pick(at, criterion=m)]) for m in methods]
+        if has_pair:
+            diffs = [pick(at, criterion="dimap", seed=s)[0]["top1"] - pick(at, criterion="uniform", seed=s)[0]["top1"]
+                     for s in seeds]
+            cells.append(spread(diffs))
+        lines.append("| " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", f"Skipped (more than the prunable share of all parameters): {', '.join(f'{s:g}%' for s in skipped)}."]
+    for ratio in sorted({r["ratio"] for r in pick(rows, table="table4")}):
+        t4 = pick(rows, table="table4", ratio=ratio)
+        lines += ["", f"## Table 4 shape: r = {ratio:g} ({t4[0]['share_removed_pct']:g}% of all parameters), "
+                  f"finetuned {max(r['finetune_epochs'] for r in t4)} epochs with the mask fixed", "",
+                  "| criterion | pruned | finetuned | finetuned − dimap (paired) |", "|---|---|---|---|"]
+        ref = {r["seed"]: r["top1"] for r in pick(t4, criterion="dimap", finetuned="yes")}
+        for m in [m for m in CRITERIA if pick(t4, criterion=m)]:
+            ft = {r["seed"]: r["top1"] for r in pick(t4, criterion=m, finetuned="yes")}
+            diff = spread([ft[s] - ref[s] for s in seeds]) if ref and m != "dimap" else ""
+            lines.append(f"| {m} | {spread([r['top1'] for r in pick(t4, criterion=m, finetuned='no')])} | "
+                         f"{spread(list(ft.values()))} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def _band(ax, x, values: list[torch.Tensor], m: str, label=None) -> None:
+    """Mean line with a min-max band over seeds."""
+    ax.plot(x, [v.mean() for v in values], "-", marker=MARKERS[m], color=COLORS[m], label=label, ms=5,
+            zorder=3 if m == "dimap" else 2)
+    ax.fill_between(x, [v.min() for v in values], [v.max() for v in values], color=COLORS[m], alpha=0.15)
+
+
+def plot(rows: list[dict], denses: list[dict], path: Path) -> None:
+    """Left: Table 3 accuracy, and each criterion minus uniform on the same dense model (paired, per seed).
+    Right: one bar panel per Table 4 ratio, pruned (hatched) and finetuned (solid). Bands and bars: min-max."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t3 = pick(rows, table="table3")
+    ratios = sorted({r["ratio"] for r in pick(rows, table="table4")})
+    n = max(2, len(ratios))
+    fig = plt.figure(figsize=(13 if ratios else 8, 3.6 * n))
+    grid = fig.add_gridspec(n, 2 if ratios else 1, width_ratios=[1.6, 1] if ratios else None)
+    seeds = sorted({r["seed"] for r in rows})
+    methods = [m for m in CRITERIA if pick(t3, criterion=m)]
+    shares = sorted({r["share_removed_pct"] for r in t3})
+
+    def top1(rs, m, share):
+        return {r["seed"]: r["top1"] for r in pick(rs, criterion=m, share_removed_pct=share)}
+
+    ax = fig.add_subplot(grid[: n // 2, 0])
+    dense = torch.tensor([d["dense_top1"] for d in denses], dtype=torch.float64)
+    ax.axhline(dense.mean().item(), color="k", ls="--", lw=1, label=f"dense ({dense.mean():.1f})")
+    for m in methods:
+        _band(ax, shares, [torch.tensor(list(top1(t3, m, s).values()), dtype=torch.float64) for s in shares], m, m)
+    ax.set(ylabel="top-1 (%)", title=f"Table 3 shape, no finetuning ({len(seeds)} dense seeds, min-max bands)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(grid[n // 2:, 0], sharex=ax)
+    ax.axhline(0, color=COLORS["uniform"], lw=1)
+    for m in [m for m in methods if m != "uniform"] if "uniform" in methods else []:
+        diffs = [torch.tensor([top1(t3, m, s)[k] - top1(t3, "uniform", s)[k] for k in seeds], dtype=torch.float64)
+                 for s in shares]
+        _band(ax, shares, diffs, m, m)
+    ax.set(xlabel="% of all parameters removed", ylabel="top-1 minus uniform (points)",
+           title="the same, minus uniform on the same dense model")
+    ax.grid(alpha=0.3)
+    for i, ratio in enumerate(ratios):
+        ax = fig.add_subplot(grid[i, 1])
+        t4 = pick(rows, table="table4", ratio=ratio)
+        crits = [m for m in CRITERIA if pick(t4, criterion=m)]
+        for k, m in enumerate(crits):
+            for j, ft in enumerate(("no", "yes")):
+                a = torch.tensor([r["top1"] for r in pick(t4, criterion=m, finetuned=ft)], dtype=torch.float64)
+                x = k + (j - 0.5) * 0.38
+                ax.bar(x, a.mean(), 0.36, color=COLORS[m], alpha=0.45 if ft == "no" else 0.95,
+                       hatch="//" if ft == "no" else None, edgecolor="k", lw=0.5)
+                ax.errorbar(x, a.mean(), yerr=[[a.mean() - a.min()], [a.max() - a.mean()]], color="k", capsize=3)
+        lo, hi = min(r["top1"] for r in t4), max(r["top1"] for r in t4)
+        ax.set_ylim(max(0, lo - 2 - (hi - lo) / 2), min(100, hi + 1 + (hi - lo) / 4))
+        ax.set_xticks(range(len(crits)), crits)
+        epochs = max(r["finetune_epochs"] for r in t4)
+        ax.set(ylabel="top-1 (%)", title=f"Table 4 shape: r={ratio:g} ({t4[0]['share_removed_pct']:g}% removed)\n"
+               f"hatched: pruned; solid: finetuned {epochs} epochs")
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dense seeds (one dense model each)")
+    p.add_argument("--dense-epochs", type=int, help="pretraining epochs (default: the experiment's, 12)")
+    p.add_argument("--shares", type=float, nargs="+", default=[19, 28, 38, 50, 70, 75, 80, 85, 87.5, 90, 95, 98],
+                   help="%% of ALL parameters removed (Table 3)")
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA, help="Table 3 criteria")
+    p.add_argument("--finetune-criteria", nargs="*", default=["dimap", "single_module", "global_magnitude"],
+                   choices=CRITERIA, help="Table 4 criteria (none: skip Table 4)")
+    p.add_argument("--finetune-ratios", type=float, nargs="+", default=[0.55, 0.925],
+                   help="Table 4 per-module ratios: 0.55 is DIMAP3; 0.925 (85%% removed) is where this model degrades")
+    p.add_argument("--finetune-epochs", type=int, help="finetuning epochs (default: train/demo.yaml's, 2)")
+    p.add_argument("--experiment", default="demo_replication")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
+    p.add_argument("--cache-dir", default=os.environ.get("DIMAP_CACHE", str(ROOT / ".cache" / "dimap")))
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy shared machine 1 can be faster)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every seed, e.g. data.val_size=100")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    t0 = time.time()
+    rows, denses = [], []
+    for seed in args.seeds:
+        seed_rows, dense = run_seed(seed, args, device, log)
+        rows += seed_rows
+        denses.append(dense)
+    total, prunable = denses[0]["params_total"], denses[0]["prunable_weights"]
+    skipped = [s for s in args.shares if ratio_for_share(s, total, prunable) is None]
+    if skipped:
+        log(f"skipped {skipped}% removed: only {100 * prunable / total:.2f}% of the parameters are prunable")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "rows.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    meta = {"command": "python scripts/replicate_demo.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "git_commit": git_commit(), "versions": versions(), "device": str(device),
+            "threads": torch.get_num_threads(), "wall_time_s": round(time.time() - t0, 1),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "prunable_share_pct": 100 * prunable / total, "skipped_shares_pct": skipped,
+            "ratio_mapping": "r = share_removed_pct / 100 * params_total / prunable_weights",
+            "dense": denses, "rows": rows}
+    (args.out / "rows.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (args.out / "summary.md").write_text(summary_markdown(rows, denses, skipped))
+    plot(rows, denses, args.out / "replication.png")
+    log((args.out / "summary.md").read_text())
+    log(f"wrote {args.out}/rows.csv, rows.json, summary.md, replication.png in {time.time() - t0:.0f} s")
+    return meta
+
+
+if __name__ == "__main__":
+    main()
