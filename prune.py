@@ -13,12 +13,12 @@ prune.compare_dense=PATH also compares them with the masks prune.compare_method 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dimap.accounting import account
+from dimap.pruning.accounting import account
 from dimap.errors import UserError, exit_on_user_error
-from dimap.inspect_checkpoint import inspect_checkpoint
-from dimap.masks import apply_masks, check_method, check_ratio, compute_masks
+from dimap.pruning.inspect_checkpoint import inspect_checkpoint
+from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_masks
 from dimap.models import build_model
-from dimap.pruned_file import save_pruned
+from dimap.pruning.pruned_file import save_pruned
 from dimap.report import check_output_dir, format_table, plot_kept_fraction, prune_summary, write_json
 
 

@@ -20,20 +20,20 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dimap.accounting import account
-from dimap.checkpoint import config_differences, load_latest, seed_everything
-from dimap.data import build_loaders
-from dimap.distributed import all_gather_object, cleanup, init_distributed
-from dimap.engine import evaluate
+from dimap.pruning.accounting import account
+from dimap.training.checkpoint import config_differences, load_latest, seed_everything
+from dimap.training.data import build_loaders
+from dimap.training.distributed import all_gather_object, cleanup, init_distributed
+from dimap.training.engine import evaluate
 from dimap.errors import UserError, exit_on_user_error
-from dimap.finetune import check_masks, finetune
-from dimap.masks import apply_masks, check_method, check_ratio, compute_masks
+from dimap.training.finetune import check_masks, finetune
+from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_masks
 from dimap.models import build_model
-from dimap.pretrain import pretrain_dense
-from dimap.pruned_file import save_pruned
-from dimap.recipe import amp_dtype, resolve_batches
+from dimap.training.pretrain import pretrain_dense
+from dimap.pruning.pruned_file import save_pruned
+from dimap.training.recipe import amp_dtype, resolve_batches
 from dimap.report import check_output_dir, format_table, prune_summary, write_json
-from dimap.wandb_logger import WandbLogger
+from dimap.training.wandb_logger import WandbLogger
 
 
 def validate(model, loader, device, dtype, progress: bool, desc: str) -> dict:

@@ -7,13 +7,13 @@ Importable without Hydra:
     masks = dimap.compute_masks(model, "dimap", 0.55)   # {param name: bool tensor}, True = kept
     dimap.apply_masks(model, masks)
 """
-from dimap.accounting import account, flops_by_module
-from dimap.criteria import CRITERIA
+from dimap.pruning.accounting import account, flops_by_module
+from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
-from dimap.masks import FixedMask, apply_masks, compute_masks, mask_checksum, masks_from_state_dict
-from dimap.modules import module_of, prunable_weights
-from dimap.pruned_file import read_pruned, save_pruned
-from dimap.scores import dimap_scores
+from dimap.pruning.masks import FixedMask, apply_masks, compute_masks, mask_checksum, masks_from_state_dict
+from dimap.pruning.modules import module_of, prunable_weights
+from dimap.pruning.pruned_file import read_pruned, save_pruned
+from dimap.pruning.scores import dimap_scores
 
 __all__ = ["account", "flops_by_module", "CRITERIA", "UserError", "FixedMask", "apply_masks", "compute_masks",
            "mask_checksum", "masks_from_state_dict", "module_of", "prunable_weights", "read_pruned",

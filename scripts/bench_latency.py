@@ -32,8 +32,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_masks import ROOT, build_model, model_input, record  # noqa: E402
 
-from dimap.masks import apply_masks, compute_masks  # noqa: E402
-from dimap.modules import PRUNABLE_MODULES, module_of  # noqa: E402
+from dimap.pruning.masks import apply_masks, compute_masks  # noqa: E402
+from dimap.pruning.modules import PRUNABLE_MODULES, module_of  # noqa: E402
 from dimap.report import write_json  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_masks import ROOT, build_model, model_input, record  # noqa: E402
 
-from dimap.masks import FixedMask, apply_masks, compute_masks  # noqa: E402
+from dimap.pruning.masks import FixedMask, apply_masks, compute_masks  # noqa: E402
 from dimap.report import write_json  # noqa: E402
 
 ARMS = ["plain", "masked", "masked_grads"]

@@ -27,7 +27,8 @@ from torch.nn.utils import prune as torch_prune
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dimap import compute_masks, prunable_weights, reference  # noqa: E402
+from dimap import compute_masks, prunable_weights
+from dimap.pruning import reference  # noqa: E402
 from dimap.models import build_model as dimap_build_model  # noqa: E402
 from dimap.provenance import git_commit, versions  # noqa: E402
 from dimap.report import write_json  # noqa: E402
@@ -105,7 +106,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--init", default="timm", choices=["timm", "laplace", "pruned"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--reference", action="store_true", help="also run dimap.reference once per method, compare")
+    p.add_argument("--reference", action="store_true", help="also run dimap.pruning.reference once per method, compare")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = p.parse_args(argv)

@@ -31,17 +31,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from dimap.accounting import account  # noqa: E402
-from dimap.checkpoint import seed_everything  # noqa: E402
-from dimap.data import build_loaders  # noqa: E402
-from dimap.engine import evaluate  # noqa: E402
-from dimap.finetune import finetune  # noqa: E402
-from dimap.masks import apply_masks, compute_masks  # noqa: E402
+from dimap.pruning.accounting import account  # noqa: E402
+from dimap.training.checkpoint import seed_everything  # noqa: E402
+from dimap.training.data import build_loaders  # noqa: E402
+from dimap.training.engine import evaluate  # noqa: E402
+from dimap.training.finetune import finetune  # noqa: E402
+from dimap.pruning.masks import apply_masks, compute_masks  # noqa: E402
 from dimap.models import build_model  # noqa: E402
-from dimap.modules import prunable_weights  # noqa: E402
-from dimap.pretrain import pretrain_dense, pretrain_recipe  # noqa: E402
+from dimap.pruning.modules import prunable_weights  # noqa: E402
+from dimap.training.pretrain import pretrain_dense, pretrain_recipe  # noqa: E402
 from dimap.provenance import git_commit, versions  # noqa: E402
-from dimap.recipe import resolve_batches  # noqa: E402
+from dimap.training.recipe import resolve_batches  # noqa: E402
 
 CRITERIA = ("uniform", "dimap", "single_module", "global_magnitude")
 COLORS = {"dimap": "tab:red", "single_module": "tab:orange", "global_magnitude": "tab:blue", "uniform": "tab:gray"}

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dimap.criteria import n_removed
-from dimap.modules import modules_of, prunable_weights
+from dimap.pruning.criteria import n_removed
+from dimap.pruning.modules import modules_of, prunable_weights
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.relative_to(CONF / "experiment").with_suffix("").as_posix()

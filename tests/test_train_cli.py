@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
-from dimap import finetune as finetune_mod  # noqa: E402
-from dimap.masks import mask_checksum  # noqa: E402
+from dimap.training import finetune as finetune_mod  # noqa: E402
+from dimap.pruning.masks import mask_checksum  # noqa: E402
 
 # The demo (nano Swin, mnist5k) shrunk to a few seconds: a smaller Swin, 100 val images, 2 batches per epoch.
 TINY = ["model.kwargs.patch_size=4", "model.kwargs.embed_dim=8", "model.kwargs.depths=[1,1,1,1]",

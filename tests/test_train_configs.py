@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dimap.masks import check_method, check_ratio
-from dimap.recipe import resolve_batches, scaled_lrs
+from dimap.pruning.masks import check_method, check_ratio
+from dimap.training.recipe import resolve_batches, scaled_lrs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))

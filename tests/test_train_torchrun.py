@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_cli import TINY
 
-from dimap.masks import mask_checksum
+from dimap.pruning.masks import mask_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dimap.scores import dimap_scores, lamp_scores, magnitude_scores
+from dimap.pruning.scores import dimap_scores, lamp_scores, magnitude_scores
 
 
 def eq10_direct(w: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from dimap.modules import PRUNABLE_MODULES, module_of
+from dimap.pruning.modules import PRUNABLE_MODULES, module_of
 
 
 @contextlib.contextmanager

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from dimap.checkpoint import rng_state, save_checkpoint, seed_everything, set_rng_state
-from dimap.distributed import all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main, wrap_ddp
-from dimap.engine import evaluate, train_one_epoch
+from dimap.training.checkpoint import rng_state, save_checkpoint, seed_everything, set_rng_state
+from dimap.training.distributed import all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.training.engine import evaluate, train_one_epoch
 from dimap.errors import UserError
-from dimap.masks import FixedMask, mask_checksum
-from dimap.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
+from dimap.pruning.masks import FixedMask, mask_checksum
+from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
                           resolve_batches, scaled_lrs)
 
 

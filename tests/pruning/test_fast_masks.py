@@ -1,10 +1,10 @@
-"""The fast criteria against the straightforward oracle (dimap.reference), bit for bit, on awkward layers."""
+"""The fast criteria against the straightforward oracle (dimap.pruning.reference), bit for bit, on awkward layers."""
 import numpy as np
 import pytest
 import torch
 
-from dimap import criteria, reference, scores
-from dimap.modules import prunable_weights
+from dimap.pruning import criteria, reference, scores
+from dimap.pruning.modules import prunable_weights
 from tests.conftest import make_tiny_swin
 
 RATIOS = [0.0, 0.15, 0.5, 0.55, 0.9, 0.99]

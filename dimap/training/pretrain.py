@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from dimap.checkpoint import seed_everything
-from dimap.data import build_loaders
-from dimap.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
-from dimap.engine import evaluate, train_one_epoch
-from dimap.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
+from dimap.training.checkpoint import seed_everything
+from dimap.training.data import build_loaders
+from dimap.training.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.training.engine import evaluate, train_one_epoch
+from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
                           resolve_batches, scaled_lrs)
 
 # Pretraining takes the finetuning recipe (train.*), then these, then the pretrain block: no Mixup, CutMix or EMA.

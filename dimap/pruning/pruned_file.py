@@ -2,7 +2,7 @@
 
 `model.safetensors` is a plain timm state dict with pruned weights stored as 0.0: it loads into a fresh
 `timm.create_model(name, **kwargs)` with no code of ours. `masks.safetensors` holds the exact masks (bool);
-`dimap.masks.masks_from_state_dict` recovers them from the model file alone.
+`dimap.pruning.masks.masks_from_state_dict` recovers them from the model file alone.
 """
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dimap.errors import UserError
-from dimap.masks import masks_from_state_dict
+from dimap.pruning.masks import masks_from_state_dict
 
 
 def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_dir: str | Path, meta: dict) -> Path:

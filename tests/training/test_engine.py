@@ -6,11 +6,11 @@ import torch
 from conftest import make_tiny_swin
 from torch.utils.data import DataLoader, TensorDataset
 
-from dimap.checkpoint import load_latest, rng_state, save_checkpoint, seed_everything, set_rng_state
-from dimap.engine import NonFiniteLoss, evaluate, train_one_epoch
+from dimap.training.checkpoint import load_latest, rng_state, save_checkpoint, seed_everything, set_rng_state
+from dimap.training.engine import NonFiniteLoss, evaluate, train_one_epoch
 from dimap.errors import UserError
-from dimap.masks import FixedMask, apply_masks, compute_masks
-from dimap.recipe import build_optimizer, build_scheduler, resolve_batches, scaled_lrs
+from dimap.pruning.masks import FixedMask, apply_masks, compute_masks
+from dimap.training.recipe import build_optimizer, build_scheduler, resolve_batches, scaled_lrs
 
 CPU = torch.device("cpu")
 RECIPE = dict(opt="adamw", lr=1e-3, weight_decay=0.5, epochs=2, warmup_epochs=1, warmup_lr=1e-6, min_lr=1e-5,

@@ -7,10 +7,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dimap.data import build_datasets, build_loaders
+from dimap.training.data import build_datasets, build_loaders
 from dimap.errors import UserError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 MNIST = dict(name="mnist5k", img_size=32, in_chans=1, mean=[0.1307], std=[0.3081], val_size=1000, split_seed=0)
 
 

@@ -1,4 +1,4 @@
-"""The straightforward implementation of Eq. 10 and the four criteria: the test oracle for `dimap.criteria`.
+"""The straightforward implementation of Eq. 10 and the four criteria: the test oracle for `dimap.pruning.criteria`.
 
 Kept verbatim from the first version of the library so that the fast criteria can be checked bit for bit:
 per layer a stable descending argsort in float64 and a sequential cumulative sum (Eq. 10), then per group a
@@ -7,10 +7,10 @@ lower flat index, first). Slow (about a minute for Swin-B on 2 CPU cores); use i
 """
 import torch
 
-from dimap.criteria import n_removed
-from dimap.modules import modules_of
+from dimap.pruning.removal_count import n_removed
+from dimap.pruning.modules import modules_of
 # The per-weight scores (one argsort per layer) are the straightforward form of Eq. 10 already.
-from dimap.scores import dimap_scores, magnitude_scores
+from dimap.pruning.scores import dimap_scores, magnitude_scores
 
 
 def masks_for_ratio(scores: dict[str, torch.Tensor], groups: list[list[str]], ratio: float) -> dict[str, torch.Tensor]:

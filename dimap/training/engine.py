@@ -6,9 +6,9 @@ import math
 import torch
 from tqdm import tqdm
 
-from dimap.distributed import all_reduce_max, all_reduce_sum
+from dimap.training.distributed import all_reduce_max, all_reduce_sum
 from dimap.errors import UserError
-from dimap.recipe import autocast
+from dimap.training.recipe import autocast
 
 
 class NonFiniteLoss(UserError):
@@ -27,7 +27,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
                     progress: bool = True) -> dict:
     """Train `model` for one epoch; returns train_loss (mean over ranks and steps), lr and skipped steps.
 
-    `fixed_mask` (and `ema_mask` for the EMA copy) is a dimap.masks.FixedMask applied after every optimizer
+    `fixed_mask` (and `ema_mask` for the EMA copy) is a dimap.pruning.masks.FixedMask applied after every optimizer
     step, so pruned weights are exactly zero whenever anything reads them. The schedule is stepped per update
     here (timm's step_update, a no-op for per-epoch schedules); the caller steps it per epoch.
     """
@@ -105,7 +105,7 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, prog
     """Top-1 / top-5 accuracy (%) and mean loss over the whole validation set.
 
     Correct counts are summed over ranks with all_reduce; with a sampler that shards without padding
-    (dimap.data.ShardedEvalSampler) every validation image is counted exactly once: `n` says how many.
+    (dimap.training.data.ShardedEvalSampler) every validation image is counted exactly once: `n` says how many.
     """
     model = unwrap(model).eval()
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, loss sum, images

@@ -2,13 +2,13 @@
 
     criterion(weights: dict[name, Tensor], ratio: float) -> dict[name, BoolTensor]   (True = kept)
 
-`weights` are the prunable matrices (see `dimap.modules.prunable_weights`). A criterion decides which scores
+`weights` are the prunable matrices (see `dimap.pruning.modules.prunable_weights`). A criterion decides which scores
 are compared with which (one group per module, one group for everything, one per layer); each group then loses
 exactly n_removed(group size, ratio) of its lowest-scoring weights. Ties go by position: earlier layer, then
 lower flat index, removed first. Adding a criterion is adding one function here, one line in CRITERIA and one
 file in conf/prune/.
 
-The masks are bit for bit those of the straightforward implementation in `dimap.reference` (argsort every
+The masks are bit for bit those of the straightforward implementation in `dimap.pruning.reference` (argsort every
 score of a group), computed without sorting a group or scattering scores back to positions:
 - Eq. 10 criteria sort each layer's magnitudes once (values only) and take the scores in that order. Scores
   are monotone in |w| within a layer, so the group's cut-off score is found by searching the sorted arrays,
@@ -21,16 +21,12 @@ import math
 import numpy as np
 import torch
 
-from dimap.modules import modules_of
-from dimap.scores import dimap_scores, magnitude_scores, on_numpy, sorted_dimap_scores, sorted_magnitudes
+from dimap.pruning.modules import modules_of
+from dimap.pruning.removal_count import n_removed
+from dimap.pruning.scores import dimap_scores, magnitude_scores, on_numpy, sorted_dimap_scores, sorted_magnitudes
 
 __all__ = ["CRITERIA", "masks_for_ratio", "n_removed", "dimap", "single_module", "uniform", "global_magnitude",
            "dimap_scores", "magnitude_scores"]
-
-
-def n_removed(n: int, ratio: float) -> int:
-    """Weights removed from a group of n at `ratio`: round half up, so counts are exact and documented."""
-    return int(math.floor(ratio * n + 0.5))
 
 
 # ---- arrays: numpy on CPU, torch elsewhere ----------------------------------------------------------------
@@ -181,7 +177,7 @@ def _eq10_masks(weights: dict[str, torch.Tensor], groups: list[list[str]], ratio
     for names in groups:
         ascending = [sorted_magnitudes(_array(weights[n])) for n in names]
         if any(len(a) and not math.isfinite(float(a[-1])) for a in ascending):  # inf/nan: the oracle decides
-            from dimap import reference
+            from dimap.pruning import reference
             scores = {n: reference.dimap_scores(weights[n]) for n in names}
             masks.update(reference.masks_for_ratio(scores, [names], ratio))
             continue

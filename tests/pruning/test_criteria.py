@@ -5,8 +5,8 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from dimap import compute_masks, prunable_weights
-from dimap.criteria import n_removed
-from dimap.modules import AUX, MLP, PRJ, QKV, module_of, modules_of
+from dimap.pruning.criteria import n_removed
+from dimap.pruning.modules import AUX, MLP, PRJ, QKV, module_of, modules_of
 from tests.conftest import make_tiny_swin
 
 RATIOS = [0.0, 0.15, 0.55, 0.9]
@@ -117,7 +117,7 @@ def test_dimap_prunes_the_same_share_in_each_module_but_not_each_layer(model):
 
 
 def test_ties_and_zeros_are_deterministic():
-    from dimap.criteria import dimap as dimap_criterion
+    from dimap.pruning.criteria import dimap as dimap_criterion
     w = {"layers.0.blocks.0.attn.qkv.weight": torch.tensor([[1.0, 1.0, 0.0, 0.0], [2.0, -2.0, 1.0, 0.5]])}
     m = dimap_criterion(w, 0.5)["layers.0.blocks.0.attn.qkv.weight"]
     # four removed: both zeros, then the 0.5, then the last of the three tied 1.0s (lowest Eq. 10 score)

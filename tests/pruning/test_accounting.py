@@ -9,9 +9,9 @@ import torch
 from dimap import account, compute_masks, flops_by_module
 from tests.conftest import make_tiny_swin
 
-PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table1.csv"
+PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper" / "table1.csv"
 if not PAPER.is_file():  # CI lays shared/ beside the clone; the transcription in results/ is the fallback
-    PAPER = Path(__file__).resolve().parents[1] / "results" / "paper" / "table1.csv"
+    PAPER = Path(__file__).resolve().parents[2] / "results" / "paper" / "table1.csv"
 TIMM_NAMES = {"swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224",
               "swin_b": "swin_base_patch4_window7_224"}
 

@@ -9,12 +9,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 import prune
-from dimap.inspect_checkpoint import compare_masks
-from dimap.masks import apply_masks, compute_masks
-from dimap.modules import AUX, module_of, prunable_weights
+from dimap.pruning.inspect_checkpoint import compare_masks
+from dimap.pruning.masks import apply_masks, compute_masks
+from dimap.pruning.modules import AUX, module_of, prunable_weights
 from tests.conftest import make_tiny_swin
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 KWARGS = dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
               num_classes=10)
 RATIO = 0.5  # every module size of this model is even: exactly half of each is removed

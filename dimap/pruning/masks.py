@@ -8,9 +8,9 @@ import hashlib
 import torch
 from torch import nn
 
-from dimap.criteria import CRITERIA
+from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
-from dimap.modules import AUX, module_of, prunable_weights
+from dimap.pruning.modules import AUX, module_of, prunable_weights
 
 
 def check_ratio(ratio) -> float:

@@ -8,9 +8,9 @@ any dense file, so the masks are read from the loaded model and keyed by timm pa
 import torch
 from torch import nn
 
-from dimap.masks import compute_masks, masks_from_state_dict
+from dimap.pruning.masks import compute_masks, masks_from_state_dict
 from dimap.models import build_model
-from dimap.modules import PRUNABLE_MODULES, module_of
+from dimap.pruning.modules import PRUNABLE_MODULES, module_of
 
 
 def checkpoint_masks(model: nn.Module) -> dict[str, torch.Tensor]:

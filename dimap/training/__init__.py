@@ -1,0 +1,1 @@
+"""The finetuning engine: data, recipe, train/eval loops, checkpoints, DDP, dense pretraining, wandb."""
