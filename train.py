@@ -31,7 +31,7 @@ from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
 from dimap.pruning.pruned_file import save_pruned
-from dimap.training.recipe import amp_dtype, resolve_batches
+from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
 from dimap.report import check_output_dir, format_table, prune_summary, write_json
 from dimap.training.wandb_logger import WandbLogger
 
@@ -70,7 +70,8 @@ def run(cfg: DictConfig) -> dict | None:
     torch.backends.cudnn.benchmark = device.type == "cuda"
     main = rank == 0
     log = print if main else (lambda *a, **k: None)
-    batches, dtype = resolve_batches(tc, world), amp_dtype(tc, device)
+    batches, dtype = resolve_batches(tc, world), eval_amp_dtype(tc, device)  # dtype: evaluation's (fp32 default)
+    amp_dtype(tc, device)  # refuse an AMP setting this GPU lacks before anything runs
     if device.type == "cpu" and str(tc["amp"]) != "none":
         log(f"note: train.amp={tc['amp']} applies on CUDA only; this CPU run computes in fp32")
     out = Path(cfg.output_dir)
@@ -81,6 +82,11 @@ def run(cfg: DictConfig) -> dict | None:
     if state is not None and (diffs := config_differences(state["config"], config)):
         raise UserError(f"{out}/checkpoints hold a run of a different config (differs in {', '.join(diffs)}): "
                         "choose another output_dir or pass train.resume=false to start over")
+    if state is not None and state.get("global_batch", batches.global_batch) != batches.global_batch:
+        raise UserError(f"{out}/checkpoints hold a run of global batch {state['global_batch']} on "
+                        f"{state['world_size']} process(es), here it would be {batches.global_batch}: resume on "
+                        f"{state['world_size']} process(es) (a train.global_batch run may change its GPU count), or "
+                        "pass train.resume=false")
 
     seed_everything(cfg.seed)  # the same model init on every rank
     train_loader, val_loader, num_classes = build_loaders(
@@ -98,14 +104,16 @@ def run(cfg: DictConfig) -> dict | None:
         elif tc["validate_dense"]:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
             results.update(dense_top1=ev["top1"], dense_top5=ev["top5"])
-        masks = compute_masks(model, method, ratio)
+        # On the CPU, as prune.py: a GPU's cumsum can flip near-ties, giving the same weights two checksums.
+        masks = compute_masks(model.cpu(), method, ratio)
         apply_masks(model, masks)
+        model.to(device)
         ev = validate(model, val_loader, device, dtype, main, "eval pruned")
         results.update(pruned_top1=ev["top1"], pruned_top5=ev["top5"], val_images=ev["n"])
         log(f"pruned {method} r={ratio}: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f} before finetuning")
     else:
         model.load_state_dict(state["model"])
-        masks = {k: v.to(device) for k, v in state["masks"].items()}
+        masks = state["masks"]  # on the CPU, as computed; FixedMask keeps its own copies on the device
     checksum = check_masks(masks, where="after pruning")
     log(f"masks identical on {world} rank(s): checksum {checksum}")
 

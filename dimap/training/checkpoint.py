@@ -39,6 +39,20 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def restore_rng_state(states: list[dict], rank: int, world_size: int, seed: int, epoch: int) -> bool:
+    """Continue this rank's random streams from a checkpoint's per-rank `states` (in rank order).
+
+    Same world size: each rank takes its own saved state, so a resumed run equals an uninterrupted one. Another
+    world size: the saved streams do not map onto the ranks, so every rank is reseeded from (seed, epoch, rank),
+    still one distinct stream per rank. Returns whether the saved states were restored exactly.
+    """
+    if len(states) == world_size:
+        set_rng_state(states[rank])
+        return True
+    seed_everything(int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0]), rank)
+    return False
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed torch, numpy and Python per rank (augmentation and drop path differ across ranks, as they should)."""
     s = int(seed) + int(rank)
@@ -109,7 +123,8 @@ def load_latest(ckpt_dir: str | Path, log=print) -> tuple[dict | None, Path | No
 
 # Settings that may change between a run and its resumption without changing what is being trained.
 RESUME_FREE = {"output_dir", "logger", "paths", "hydra", "device"}
-RESUME_FREE_TRAIN = {"resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite"}
+RESUME_FREE_TRAIN = {"resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite",
+                     "max_skipped_steps", "eval_amp"}
 RESUME_FREE_DATA = {"root", "num_workers"}
 
 

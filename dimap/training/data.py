@@ -12,6 +12,23 @@ from dimap.errors import UserError
 _IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+class EpochSeededSampler(DistributedSampler):
+    """DistributedSampler whose set_epoch(epoch) also reseeds `generator`, the train DataLoader's, from
+    (seed, epoch, rank). The loader draws its workers' base seed from that generator when an epoch's iterator
+    starts, so the augmentation of every epoch is a pure function of (seed, epoch, rank, worker) and a run resumed
+    at epoch e sees the same random crops as one never interrupted, with any num_workers."""
+
+    def __init__(self, dataset, *, num_replicas: int, rank: int, seed: int, generator: torch.Generator, **kwargs):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, **kwargs)
+        self.generator = generator
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        entropy = [int(self.seed), int(epoch), int(self.rank)]
+        self.generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1)
+
+
 class ShardedEvalSampler(Sampler):
     """Rank r gets indices r, r + world_size, ...: no padding, so summing correct counts over ranks with
     all_reduce counts every validation image exactly once (DistributedSampler would repeat some)."""
@@ -194,19 +211,22 @@ def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, se
                   pin_memory=False):
     """(train_loader, val_loader, num_classes); batch sizes are per rank.
 
-    The train order is a pure function of (seed, epoch): call train_loader.sampler.set_epoch(epoch) before each
-    epoch, and a resumed run sees the same batches. A DistributedSampler is used even on one process for that."""
+    The train order and augmentation are pure functions of (seed, epoch): call train_loader.sampler.set_epoch(epoch)
+    before each epoch, and a resumed run sees the same batches (EpochSeededSampler, even on one process). The train
+    loader's workers are therefore started anew each epoch (not persistent): a persistent worker would carry its
+    random state over from the epochs before, which a resumed run never saw."""
     train_ds, val_ds, num_classes = build_datasets(data)
     if len(train_ds) < batch_size * world_size:
         raise UserError(
             f"{len(train_ds)} training images cannot fill one batch of {batch_size} x {world_size} ranks: "
             "pass a smaller batch size."
         )
-    train_sampler = DistributedSampler(
-        train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-    )
+    generator = torch.Generator()
+    train_sampler = EpochSeededSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
+                                       shuffle=True, drop_last=True)
     extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True, **extra)
+    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
+                              generator=generator, **(extra | {"persistent_workers": False}))
     val_sampler = ShardedEvalSampler(val_ds, num_replicas=world_size, rank=rank)
     val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=val_sampler, drop_last=False, **extra)
     return train_loader, val_loader, num_classes

@@ -1,6 +1,7 @@
 """torchrun-aware process groups: NCCL on CUDA, gloo on CPU; a plain `python` run is a world of one.
 
-Every helper works (as a no-op or identity) when no process group exists, so library code never branches on it.
+Every helper works (as a no-op or identity) when no process group exists, so library code never branches on it,
+and puts its tensors on the device the backend reduces on (CUDA for NCCL), so no caller can hand NCCL a CPU tensor.
 """
 import datetime
 import os
@@ -11,10 +12,18 @@ import torch.distributed as dist
 from dimap.errors import UserError
 
 
+def under_torchrun() -> bool:
+    """Started by torchrun (torch.distributed.run sets TORCHELASTIC_RUN_ID), whatever its world size."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def init_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     """(device, rank, world_size) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK; joins the process group.
 
-    `device`: auto (cuda if available, else cpu), cuda or cpu. One GPU per process: LOCAL_RANK picks it.
+    `device`: auto (cuda if available, else cpu), cuda or cpu. One GPU per process: LOCAL_RANK modulo the GPUs
+    this process sees picks it (all of the node's GPUs, or the one Slurm's --gpus-per-task=1 leaves visible).
+    Under torchrun the process group is created even for a world of one, so `torchrun --nproc_per_node=1` on one
+    GPU sends every collective through NCCL as an 8-GPU run does.
     """
     if device not in ("auto", "cuda", "cpu"):
         raise UserError(f"device={device!r} is unknown: pass device=auto, device=cuda or device=cpu")
@@ -25,14 +34,12 @@ def init_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs: "
-                            "pass torchrun --nproc_per_node at most the number of GPUs")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for what autocast leaves in fp32, as timm's train.py
     else:
         dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or under_torchrun()) and not dist.is_initialized():
         kwargs = {"device_id": dev} if use_cuda else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30), **kwargs)
     return dev, rank, world
@@ -54,26 +61,41 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
+def collective_device() -> torch.device:
+    """Where the process group's collectives take tensors: this process's GPU for NCCL, the CPU for gloo."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()
 
 
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    """All-reduce `t` in place on the backend's device; `t` may live anywhere (a CPU count under NCCL too)."""
+    if not is_dist():
+        return t
+    on = t.to(collective_device())
+    dist.all_reduce(on, op=op)
+    if on is not t:
+        t.copy_(on)
+    return t
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of `t` over ranks, in place (identity on one process)."""
-    if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def all_gather_object(obj) -> list:
-    """`obj` of every rank, in rank order."""
+    """`obj` of every rank, in rank order. Under NCCL torch pickles through this process's current GPU, which
+    init_distributed set (torch.cuda.set_device), so objects holding CPU tensors are fine."""
     if not is_dist():
         return [obj]
     out = [None] * dist.get_world_size()
@@ -96,8 +118,13 @@ def cleanup() -> None:
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel around `model` when there is more than one process, else `model` itself."""
+    """DistributedDataParallel around `model` whenever a process group exists (a torchrun world of one too).
+
+    broadcast_buffers=False, as the official Swin code: Swin's buffers (relative position index, attention masks)
+    are constants, identical on every rank, so re-broadcasting them before every forward is pure cost.
+    """
     if not is_dist():
         return model
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)

@@ -6,13 +6,13 @@ import math
 import torch
 from tqdm import tqdm
 
-from dimap.training.distributed import all_reduce_max, all_reduce_sum
+from dimap.training.distributed import all_reduce_sum
 from dimap.errors import UserError
-from dimap.training.recipe import autocast
+from dimap.training.recipe import autocast, updates_per_epoch
 
 
 class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite (every rank raises it together)."""
+    """The gradients became NaN or infinite (every rank raises it together)."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -21,22 +21,55 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+def _step(model, optimizer, scaler, clip_grad, fixed_mask) -> tuple[torch.Tensor, bool]:
+    """One optimizer update from the accumulated gradients: (gradient norm, whether the update was applied).
+
+    The norm decides, not the loss: it catches NaN gradients under a finite loss (bf16), and under DDP the
+    gradients are already averaged over ranks, so every rank sees the same norm and decides the same way without
+    a collective of its own. It is computed with clipping off too. fp16: GradScaler skips the update itself when
+    it finds inf/NaN and then lowers its scale, which is how the skip is seen.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if fixed_mask is not None:  # the clipping norm is the pruned network's, not the dense one's
+        fixed_mask.mask_grads()
+    if clip_grad:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad))
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        return norm, scaler.get_scale() >= scale
+    if not torch.isfinite(norm):  # the one host sync per update
+        return norm, False
+    optimizer.step()
+    return norm, True
+
+
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, scheduler=None, mixup_fn=None,
                     amp_dtype=None, scaler=None, clip_grad=None, accum_steps: int = 1, fixed_mask=None,
-                    ema=None, ema_mask=None, max_steps=None, nonfinite: str = "stop", channels_last=False,
-                    progress: bool = True) -> dict:
-    """Train `model` for one epoch; returns train_loss (mean over ranks and steps), lr and skipped steps.
+                    ema=None, ema_mask=None, max_steps=None, nonfinite: str = "stop", max_skipped_steps: int = 25,
+                    channels_last=False, progress: bool = True) -> dict:
+    """Train `model` for one epoch; returns train_loss (mean over ranks and applied steps), lr, skipped steps.
 
     `fixed_mask` (and `ema_mask` for the EMA copy) is a dimap.pruning.masks.FixedMask applied after every optimizer
     step, so pruned weights are exactly zero whenever anything reads them. The schedule is stepped per update
     here (timm's step_update, a no-op for per-epoch schedules); the caller steps it per epoch.
+
+    Accumulation as timm's train.py: ceil(steps / accum_steps) updates, the last, short group divided by its own
+    size. Non-finite gradients stop the run (`nonfinite="stop"`, fp32/bf16) or skip the update (`"skip"`, and
+    always for fp16, where GradScaler skips are routine); `max_skipped_steps` skips in a row stop it either way.
     """
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), int(max_steps))
-    updates_per_epoch = max(1, steps // accum_steps)
-    num_updates = epoch * updates_per_epoch
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batches
-    skipped = 0
+    last_group = steps % accum_steps  # size of the short last group (0: none)
+    last_group_start = steps - last_group if last_group else steps
+    num_updates = epoch * updates_per_epoch(steps, accum_steps)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batches (of applied updates)
+    group = torch.zeros(2, dtype=torch.float64, device=device)  # the same for the group being accumulated
+    skipped = in_a_row = 0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=steps, desc=f"train {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
     for i, (images, targets) in enumerate(loader):
@@ -53,44 +86,38 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
         with sync:
             with autocast(device, amp_dtype):
                 loss = criterion(model(images), targets)
-            # decided on all ranks together, before backward, so no rank waits in an all-reduce alone
-            bad = all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
-            if bad.item():
-                if nonfinite != "skip":
-                    raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {epoch}, step {i}: lower "
-                                        "train.lr, set train.clip_grad or train.amp=bf16, or pass "
-                                        "train.nonfinite=skip; the last good checkpoint is kept, rerun to resume")
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)  # drop this accumulation group
-                bar.update(1)
-                continue
-            scaled = loss / accum_steps
+            scaled = loss / (last_group if i >= last_group_start else accum_steps)
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        totals += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
+        group += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
         if step_now:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if fixed_mask is not None:  # the clipping norm is the pruned network's, not the dense one's
-                fixed_mask.mask_grads()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            norm, applied = _step(model, optimizer, scaler, clip_grad, fixed_mask)
             optimizer.zero_grad(set_to_none=True)
-            if fixed_mask is not None:
-                fixed_mask.apply()
             num_updates += 1
-            if ema is not None:
-                ema.update(unwrap(model), step=num_updates)
-                if ema_mask is not None:
-                    ema_mask.apply()
+            if applied:
+                totals += group
+                in_a_row = 0
+                if fixed_mask is not None:
+                    fixed_mask.apply()
+                if ema is not None:
+                    ema.update(unwrap(model), step=num_updates)
+                    if ema_mask is not None:
+                        ema_mask.apply()
+            else:
+                skipped, in_a_row = skipped + 1, in_a_row + 1
+                if scaler is None and nonfinite != "skip":
+                    raise NonFiniteLoss(f"the gradient norm became {norm.item()} (loss {loss.item()}) at epoch "
+                                        f"{epoch}, step {i}: lower train.lr, set train.clip_grad or train.amp=bf16, "
+                                        "or pass train.nonfinite=skip; the last good checkpoint is kept, rerun to "
+                                        "resume")
+                if in_a_row >= max_skipped_steps:
+                    raise NonFiniteLoss(f"{in_a_row} optimizer steps in a row had non-finite gradients (epoch "
+                                        f"{epoch}, step {i}): the run has diverged; lower train.lr or use "
+                                        "train.amp=bf16, then rerun to resume from the last good checkpoint")
+            group.zero_()
             if scheduler is not None:
                 scheduler.step_update(num_updates=num_updates)
-        lr = optimizer.param_groups[0]["lr"]
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+        if progress and (i % 20 == 0 or i + 1 == steps):  # .item() waits for the GPU: not every step, one rank
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         bar.update(1)
     bar.close()
     all_reduce_sum(totals)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from dimap.training.checkpoint import rng_state, save_checkpoint, seed_everything, set_rng_state
+from dimap.training.checkpoint import restore_rng_state, rng_state, save_checkpoint, seed_everything
 from dimap.training.distributed import all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main, wrap_ddp
 from dimap.training.engine import evaluate, train_one_epoch
 from dimap.errors import UserError
 from dimap.pruning.masks import FixedMask, mask_checksum
-from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
-                          resolve_batches, scaled_lrs)
+from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, eval_amp_dtype,
+                                   grad_scaler, resolve_batches, scaled_lrs, updates_per_epoch)
 
 
 def check_masks(masks: dict, fixed: FixedMask | None = None, where: str = "") -> str:
@@ -40,7 +40,9 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
              *, state: dict | None = None, logger=None, results: dict | None = None, log=print) -> dict:
     """Train `model` (already pruned with `masks`) for train.epochs; returns {'history', 'best_top1', 'final'}.
 
-    `state` is a checkpoint to resume from; `results` (pre-finetuning figures) is stored in every checkpoint.
+    `state` is a checkpoint to resume from; `results` (pre-finetuning figures) is stored in every checkpoint. Its
+    large entries (optimizer, EMA, scaler, RNG states) are removed from it once restored, so no rank keeps the
+    loaded checkpoint (about 1 GB for Swin-B with AdamW and EMA) referenced for the whole run.
     The evaluated model (the EMA copy when train.ema) is the one whose weights end in `model` on return.
     """
     tc, rank, world, main = config["train"], get_rank(), get_world_size(), is_main()
@@ -51,9 +53,9 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     if tc.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tc, lrs["lr"])
-    scheduler = build_scheduler(optimizer, tc, lrs, max(1, steps // batches.accum_steps))
+    scheduler = build_scheduler(optimizer, tc, lrs, updates_per_epoch(steps, batches.accum_steps))
     mixup_fn, criterion = build_mixup_and_loss(tc, num_classes)
-    dtype = amp_dtype(tc, device)
+    dtype, eval_dtype = amp_dtype(tc, device), eval_amp_dtype(tc, device)
     scaler = grad_scaler(device, dtype)
     fixed = FixedMask(model, masks)
     ema = ema_mask = None
@@ -71,8 +73,11 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         if ema is not None and state.get("ema"):
             ema.module.load_state_dict(state["ema"])
         start, best, history = state["epoch"] + 1, state["best_top1"], list(state["history"])
-        rngs = state["rng"]
-        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+        if not restore_rng_state(state["rng"], rank, world, config["seed"], start):
+            log(f"resuming on {world} process(es) where {len(state['rng'])} saved the checkpoint: random streams "
+                "reseeded per rank (same global batch, so the same schedule)")
+        for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng"):
+            state.pop(key, None)
         log(f"resuming after epoch {state['epoch']} (best top-1 so far {best:.2f})")
     else:
         seed_everything(config["seed"], rank)  # the finetuning run does not depend on what came before it
@@ -91,10 +96,11 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
                                 mixup_fn=mixup_fn, amp_dtype=dtype, scaler=scaler, clip_grad=tc.get("clip_grad"),
                                 accum_steps=batches.accum_steps, fixed_mask=fixed, ema=ema, ema_mask=ema_mask,
                                 max_steps=max_steps, nonfinite=tc.get("nonfinite", "stop"),
+                                max_skipped_steps=int(tc.get("max_skipped_steps", 25)),
                                 channels_last=bool(tc.get("channels_last")), progress=main)
         scheduler.step(epoch + 1)
         check_masks(masks, fixed, where=f"after epoch {epoch}")
-        ev = evaluate(eval_model, val_loader, device, amp_dtype=dtype, channels_last=bool(tc.get("channels_last")),
+        ev = evaluate(eval_model, val_loader, device, amp_dtype=eval_dtype, channels_last=bool(tc.get("channels_last")),
                       progress=main, desc=f"eval {epoch}")
         row = {"epoch": epoch, "train_loss": stats["train_loss"], "lr": stats["lr"], "top1": ev["top1"],
                "top5": ev["top5"], "val_loss": ev["loss"], "skipped_steps": stats["skipped_steps"],
@@ -111,7 +117,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "ema": ema.module.state_dict() if ema is not None else None, "epoch": epoch,
                 "best_top1": best, "history": history, "rng": rngs, "config": config, "results": results or {},
-                "mask_checksum": mask_checksum(masks), "world_size": world,
+                "mask_checksum": mask_checksum(masks), "world_size": world, "global_batch": batches.global_batch,
                 "wandb_id": logger.run_id if logger is not None else None,
             }, Path(out_dir) / "checkpoints", is_best=is_best)
             write_log(Path(out_dir) / "log.jsonl", history)

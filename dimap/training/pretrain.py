@@ -15,8 +15,8 @@ from dimap.training.checkpoint import seed_everything
 from dimap.training.data import build_loaders
 from dimap.training.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
 from dimap.training.engine import evaluate, train_one_epoch
-from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, grad_scaler,
-                          resolve_batches, scaled_lrs)
+from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, eval_amp_dtype,
+                                   grad_scaler, resolve_batches, scaled_lrs, updates_per_epoch)
 
 # Pretraining takes the finetuning recipe (train.*), then these, then the pretrain block: no Mixup, CutMix or EMA.
 PLAIN = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "ema": False}
@@ -63,7 +63,7 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
                                                                                  int(rc["max_steps_per_epoch"]))
     lrs = scaled_lrs(rc, batches.global_batch)
     optimizer = build_optimizer(model, rc, lrs["lr"])
-    scheduler = build_scheduler(optimizer, rc, lrs, max(1, steps // batches.accum_steps))
+    scheduler = build_scheduler(optimizer, rc, lrs, updates_per_epoch(steps, batches.accum_steps))
     _, criterion = build_mixup_and_loss(rc, num_classes)
     dtype = amp_dtype(rc, device)
     scaler = grad_scaler(device, dtype)
@@ -76,11 +76,13 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
         stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch, scheduler=scheduler,
                                 amp_dtype=dtype, scaler=scaler, clip_grad=rc.get("clip_grad"),
                                 accum_steps=batches.accum_steps, max_steps=rc.get("max_steps_per_epoch"),
-                                nonfinite=rc.get("nonfinite", "stop"), progress=is_main())
+                                nonfinite=rc.get("nonfinite", "stop"),
+                                max_skipped_steps=int(rc.get("max_skipped_steps", 25)), progress=is_main())
         scheduler.step(epoch + 1)
         log(f"pretrain epoch {epoch}: loss {stats['train_loss']:.4f}, lr {stats['lr']:.2e}, "
             f"{time.time() - t0:.0f} s")
-    ev = evaluate(model, val_loader, device, amp_dtype=dtype, progress=is_main(), desc="eval dense")
+    ev = evaluate(model, val_loader, device, amp_dtype=eval_amp_dtype(rc, device), progress=is_main(),
+                  desc="eval dense")
     log(f"pretrained dense model: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
     if is_main():
         path.parent.mkdir(parents=True, exist_ok=True)

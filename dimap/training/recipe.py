@@ -1,6 +1,7 @@
 """The training recipe from a `train` config, built with timm's factories: batch sizes, scaled learning rates,
 optimizer, scheduler, Mixup/CutMix, loss, mixed precision and EMA. No Hydra: `cfg` is any mapping."""
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,23 +27,43 @@ class Batches:
 
 
 def resolve_batches(cfg, world_size: int) -> Batches:
-    """Per-process batch from train.batch_size, or from train.global_batch when that is set."""
-    accum = cfg.get("accum_steps", 1)
+    """Per-process batch and accumulation steps from train.batch_size / accum_steps / global_batch.
+
+    Without global_batch: batch_size per process, accum_steps (default 1). With global_batch and accum_steps
+    null (the paper recipe): batch_size is the most one process takes at once, and accum_steps is the fewest
+    that reach global_batch on this many processes (1024 = 128 x 8 GPUs, or 128 x 8 steps on one GPU). With
+    both set: batch_size = global_batch / (world_size x accum_steps).
+    """
+    accum, gb, per = cfg.get("accum_steps", 1), cfg.get("global_batch"), cfg.get("batch_size")
+    if not isinstance(per, int) or per < 1:
+        raise UserError(f"train.batch_size={per!r} must be a whole number >= 1: pass e.g. train.batch_size=128")
+    if gb is not None and (not isinstance(gb, int) or gb < 1 or gb % world_size):
+        raise UserError(f"train.global_batch={gb!r} is not divisible by the {world_size} processes: pick a multiple "
+                        f"of {world_size} or unset it")
+    if accum is None and gb is not None:
+        accum = next(a for a in range(1, gb // world_size + 1) if (gb // world_size) % a == 0
+                     and gb // world_size // a <= per)
+    elif accum is None:
+        accum = 1
     if not isinstance(accum, int) or accum < 1:
         raise UserError(f"train.accum_steps={accum!r} must be a whole number >= 1: pass e.g. train.accum_steps=1")
-    per = cfg.get("batch_size")
-    if cfg.get("global_batch") is not None:
-        gb = cfg["global_batch"]
-        if not isinstance(gb, int) or gb < 1 or gb % (world_size * accum):
+    if gb is not None:
+        if gb % (world_size * accum):
             raise UserError(f"train.global_batch={gb!r} is not divisible by world_size x accum_steps = "
                             f"{world_size} x {accum}: pick a multiple of {world_size * accum} or unset it")
         per = gb // (world_size * accum)
-    if not isinstance(per, int) or per < 1:
-        raise UserError(f"train.batch_size={per!r} must be a whole number >= 1: pass e.g. train.batch_size=128")
+    if per % 2 and (float(cfg.get("mixup") or 0) > 0 or float(cfg.get("cutmix") or 0) > 0):
+        raise UserError(f"the batch per process is {per}, odd, and Mixup/CutMix pair images within a batch: pick an "
+                        "even train.batch_size (or train.global_batch), or set train.mixup=0 train.cutmix=0")
     eval_bs = cfg.get("eval_batch_size", per)
     if not isinstance(eval_bs, int) or eval_bs < 1:
         raise UserError(f"train.eval_batch_size={eval_bs!r} must be a whole number >= 1: pass e.g. 256")
     return Batches(per, accum, world_size)
+
+
+def updates_per_epoch(steps: int, accum_steps: int) -> int:
+    """Optimizer updates in an epoch of `steps` batches: a short last group still makes one (timm's train.py)."""
+    return max(1, math.ceil(steps / accum_steps))
 
 
 def scaled_lrs(cfg, global_batch: int) -> dict[str, float]:
@@ -105,9 +126,16 @@ def amp_dtype(cfg, device: torch.device):
         raise UserError(f"train.amp={amp!r} is unknown: pass train.amp=bf16, fp16 or none")
     if device.type != "cuda":
         return None
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError("train.amp=bf16 but this GPU has no bfloat16: pass train.amp=fp16")
+    # Pre-Ampere GPUs (V100, T4) report bf16 as supported because they emulate it, slowly: ask for native support.
+    if amp == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError("train.amp=bf16 but this GPU has no native bfloat16 (pre-Ampere): pass train.amp=fp16")
     return AMP_DTYPES[amp]
+
+
+def eval_amp_dtype(cfg, device: torch.device):
+    """Evaluation's autocast dtype: fp32 (None) unless train.eval_amp, since bf16 logits move top-1 by a few
+    hundredths against the fp32 numbers timm and the papers report."""
+    return amp_dtype(cfg, device) if cfg.get("eval_amp") else None
 
 
 def autocast(device: torch.device, dtype):
