@@ -1,0 +1,112 @@
+"""The process-group helpers as a GPU run meets them: NCCL's device rule, torchrun worlds of one, one visible GPU
+per process. There is no GPU here, so CUDA and NCCL are stood in for (mocked, or fake tensors) where needed."""
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from dimap.training import distributed
+from dimap.training.distributed import all_reduce_max, all_reduce_sum, cleanup, init_distributed, is_dist, wrap_ddp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake_nccl(monkeypatch):
+    """A process group whose backend is NCCL: all_reduce, like NCCL's, refuses any tensor not on a GPU."""
+    seen = []
+
+    def all_reduce(t, op=None):
+        seen.append(t.device)
+        if t.device.type != "cuda":
+            raise RuntimeError("No backend type associated with device type cpu")
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return seen
+
+
+@pytest.mark.parametrize("reduce", [all_reduce_sum, all_reduce_max])
+def test_collectives_hand_nccl_a_gpu_tensor_whatever_device_the_caller_used(fake_nccl, reduce):
+    with FakeTensorMode(allow_non_fake_inputs=True):  # tensors "on cuda:0" without a GPU
+        count = torch.zeros(1, dtype=torch.float64)  # e.g. check_masks' count of non-zero pruned weights
+        out = reduce(count)
+        assert out is count and out.device.type == "cpu"  # in place, on the caller's device
+        reduce(torch.zeros(2, device="cuda:0"))
+    assert fake_nccl == [torch.device("cuda", 0)] * 2
+
+
+def test_gloo_collectives_stay_on_the_cpu(monkeypatch):
+    seen = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda *a: "gloo")
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t, op=None: seen.append(t.device))
+    all_reduce_sum(torch.zeros(1))
+    assert seen == [torch.device("cpu")]
+
+
+def test_no_raw_tensor_collective_outside_the_helpers():
+    """Every tensor collective goes through dimap.training.distributed, which picks the backend's device."""
+    raw = re.compile(r"\bdist\.(all_reduce|all_gather|all_gather_into_tensor|broadcast|reduce_scatter|reduce)\(")
+    offenders = [str(p.relative_to(ROOT)) for p in [*ROOT.glob("dimap/**/*.py"), *ROOT.glob("*.py")]
+                 if p.name != "distributed.py" and raw.search(p.read_text())]
+    assert offenders == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_env(monkeypatch, world: int = 1, rank: int = 0, local_rank: int = 0, torchrun: bool = True):
+    for key, value in {"WORLD_SIZE": world, "RANK": rank, "LOCAL_RANK": local_rank, "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": free_port()}.items():
+        monkeypatch.setenv(key, str(value))
+    if torchrun:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+
+
+def test_torchrun_with_one_process_still_creates_the_process_group_and_ddp(monkeypatch):
+    torchrun_env(monkeypatch)
+    try:
+        device, rank, world = init_distributed("cpu")
+        assert (device.type, rank, world) == ("cpu", 0, 1)
+        assert is_dist() and distributed.dist.get_backend() == "gloo"  # nccl on a GPU: every collective goes there
+        ddp = wrap_ddp(torch.nn.Linear(2, 2), device)
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        # Swin's buffers are constants: no broadcast before every forward (the attribute's name depends on torch)
+        assert getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None)) is False
+    finally:
+        cleanup()
+    assert not is_dist()
+
+
+def test_plain_python_is_a_world_of_one_without_a_process_group(monkeypatch):
+    torchrun_env(monkeypatch, torchrun=False)
+    assert init_distributed("cpu")[2] == 1 and not is_dist()
+
+
+def test_one_visible_gpu_per_process_is_used_whatever_local_rank_says(monkeypatch):
+    """Slurm --gpus-per-task=1: LOCAL_RANK=3 but the process sees one GPU, cuda:0. Also TF32 matmuls on CUDA."""
+    torchrun_env(monkeypatch, local_rank=3, torchrun=False)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    before = torch.get_float32_matmul_precision()
+    try:
+        device, _, _ = init_distributed("auto")
+        assert device == torch.device("cuda", 0) and chosen == [device]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # one process per GPU of an 8-GPU node
+    assert init_distributed("cuda")[0] == torch.device("cuda", 3)
