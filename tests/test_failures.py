@@ -21,9 +21,10 @@ from tests.test_train_cli import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-# Long enough epochs that a kill right after the first checkpoint lands inside the second epoch.
+# Long enough epochs that a kill right after the first checkpoint lands inside the second epoch; two worker
+# processes do the random crops, so resuming must reproduce their random streams too.
 KILLABLE = [o for o in TINY if not o.startswith("train.max_steps_per_epoch")] + [
-    "train.max_steps_per_epoch=40", "train.epochs=3"]
+    "train.max_steps_per_epoch=40", "train.epochs=3", "data.num_workers=2"]
 
 
 def train_cli(out, *overrides):

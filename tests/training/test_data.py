@@ -78,6 +78,21 @@ def test_train_order_is_function_of_seed_and_epoch():
     assert len(loader) == 4000 // 64
 
 
+def test_worker_augmentation_depends_on_seed_and_epoch_not_on_the_epochs_before():
+    """A run resumed at epoch 1 (new process, new workers, whatever its global RNG) crops exactly as one that ran
+    epoch 0 first, with worker processes doing the random crops."""
+    def first_batch(loader, epoch):
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))[0]
+
+    straight = build_loaders(MNIST, 64, 256, num_workers=2)[0]
+    first_batch(straight, 0)
+    uninterrupted = first_batch(straight, 1)
+    torch.manual_seed(123)
+    resumed = build_loaders(MNIST, 64, 256, num_workers=2)[0]
+    assert torch.equal(first_batch(resumed, 1), uninterrupted)
+
+
 def test_config_files_build(tmp_path):
     mnist = OmegaConf.load(CONF / "mnist5k.yaml")
     assert [len(ds) for ds in build_datasets(mnist)[:2]] == [4000, 1000]
