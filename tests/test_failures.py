@@ -95,6 +95,7 @@ CATALOGUE = {
     "weights_of_another_architecture": (lambda p: [f"model.weights={other_architecture(p)}"], "does not fit"),
     "batch_size_zero": (lambda p: ["train.batch_size=0"], "train.batch_size"),
     "global_batch_not_divisible": (lambda p: ["train.global_batch=15", "train.accum_steps=2"], "train.global_batch"),
+    "odd_batch_with_mixup": (lambda p: ["train.mixup=0.8", "train.batch_size=15"], "odd"),  # timm asserts at step 1
 }
 
 
