@@ -14,7 +14,7 @@ _IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".ti
 
 class EpochSeededSampler(DistributedSampler):
     """DistributedSampler whose set_epoch(epoch) also reseeds `generator`, the train DataLoader's, from
-    (seed, epoch, rank). The loader draws its workers' base seed from that generator when an epoch's iterator
+    (seed, epoch, rank). With workers, the loader draws their base seed from that generator when an epoch's iterator
     starts, so the augmentation of every epoch is a pure function of (seed, epoch, rank, worker) and a run resumed
     at epoch e sees the same random crops as one never interrupted, with any num_workers."""
 
@@ -225,8 +225,11 @@ def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, se
     train_sampler = EpochSeededSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
                                        shuffle=True, drop_last=True)
     extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    # Without workers the main process augments, from its own (checkpointed) RNG, which the loader's base-seed
+    # draw then keeps advancing as it always has: the runs and records made before stay reproducible.
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
-                              generator=generator, **(extra | {"persistent_workers": False}))
+                              generator=generator if num_workers > 0 else None,
+                              **(extra | {"persistent_workers": False}))
     val_sampler = ShardedEvalSampler(val_ds, num_replicas=world_size, rank=rank)
     val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=val_sampler, drop_last=False, **extra)
     return train_loader, val_loader, num_classes
