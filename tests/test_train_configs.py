@@ -13,7 +13,7 @@ EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix
 TRAIN_KEYS = {"epochs", "warmup_epochs", "batch_size", "accum_steps", "lr", "lr_base_batch", "min_lr", "warmup_lr",
               "weight_decay", "opt", "opt_eps", "sched", "clip_grad", "amp", "mixup", "cutmix", "smoothing", "ema",
               "ema_decay", "channels_last", "compile", "eval_batch_size", "resume", "validate_dense", "nonfinite",
-              "num_workers"}
+              "num_workers", "global_batch", "max_skipped_steps", "eval_amp"}
 
 
 def compose_train(*overrides):
@@ -33,6 +33,9 @@ def test_paper_recipe_is_the_papers():
     assert (t.epochs, t.warmup_epochs, t.lr, t.min_lr, t.warmup_lr, t.weight_decay) == (30, 15, 2e-5, 2e-7, 2e-8, 1e-8)
     assert (t.opt, t.sched, t.mixup, t.cutmix, t.smoothing, t.clip_grad) == ("adamw", "cosine", 0.8, 1.0, 0.1, 5.0)
     assert scaled_lrs(t, 1024)["lr"] == pytest.approx(4e-5)  # 8 GPUs x 128, DIMAP.md section 6
+    one_gpu = resolve_batches(t, world_size=1)  # the README's 1-GPU command follows the recipe too
+    assert (one_gpu.per_process, one_gpu.accum_steps, one_gpu.global_batch) == (128, 8, 1024)
+    assert resolve_batches(t, world_size=8).global_batch == 1024 and not t.eval_amp
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

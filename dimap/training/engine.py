@@ -21,21 +21,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _step(model, optimizer, scaler, clip_grad, fixed_mask) -> tuple[torch.Tensor, bool]:
+def _step(model, optimizer, scaler, clip_grad, fixed_mask) -> tuple[torch.Tensor | None, bool]:
     """One optimizer update from the accumulated gradients: (gradient norm, whether the update was applied).
 
     The norm decides, not the loss: it catches NaN gradients under a finite loss (bf16), and under DDP the
     gradients are already averaged over ranks, so every rank sees the same norm and decides the same way without
     a collective of its own. It is computed with clipping off too. fp16: GradScaler skips the update itself when
-    it finds inf/NaN and then lowers its scale, which is how the skip is seen.
+    it finds inf/NaN and then lowers its scale, which is how the skip is seen (the norm is then only clipping's).
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
     if fixed_mask is not None:  # the clipping norm is the pruned network's, not the dense one's
         fixed_mask.mask_grads()
+    norm = None
     if clip_grad:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip_grad))
-    else:
+    elif scaler is None:
         norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     if scaler is not None:
         scale = scaler.get_scale()
