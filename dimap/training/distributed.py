@@ -34,7 +34,11 @@ def init_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
-        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        count = torch.cuda.device_count()
+        if count > 1 and local_rank >= count:  # more processes than GPUs on the node: NCCL would share a GPU
+            raise UserError(f"LOCAL_RANK={local_rank} but this process sees {count} GPUs: pass torchrun "
+                            "--nproc_per_node at most the number of GPUs")
+        dev = torch.device("cuda", local_rank % count)
         torch.cuda.set_device(dev)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for what autocast leaves in fp32, as timm's train.py
     else:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from dimap.errors import UserError
 from dimap.training import distributed
 from dimap.training.distributed import all_reduce_max, all_reduce_sum, cleanup, init_distributed, is_dist, wrap_ddp
 
@@ -110,3 +111,6 @@ def test_one_visible_gpu_per_process_is_used_whatever_local_rank_says(monkeypatc
         torch.set_float32_matmul_precision(before)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # one process per GPU of an 8-GPU node
     assert init_distributed("cuda")[0] == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 4 processes on 2 GPUs: refused, not shared
+    with pytest.raises(UserError, match="nproc_per_node"):
+        init_distributed("cuda")
