@@ -37,18 +37,27 @@ ARMS = ["bare", "engine"]
 
 
 class InMemoryBatches:
-    """`steps` batches cycled from a fixed list, counting what was handed out (a loader for train_one_epoch)."""
+    """`steps` batches cycled from a fixed list (a loader for train_one_epoch)."""
 
     def __init__(self, batches, steps: int):
-        self.batches, self.steps, self.served = batches, steps, 0
+        self.batches, self.steps = batches, steps
 
     def __len__(self):
         return self.steps
 
     def __iter__(self):
         for i in range(self.steps):
-            self.served += 1
             yield self.batches[i % len(self.batches)]
+
+
+class CountingLoss(torch.nn.CrossEntropyLoss):
+    """Cross-entropy that counts the images it was computed on: what each arm really trained on."""
+
+    images = 0
+
+    def forward(self, logits, targets):
+        self.images += len(targets)
+        return super().forward(logits, targets)
 
 
 def sync(device: torch.device) -> None:
@@ -96,7 +105,7 @@ def run(args, device: torch.device, world: int) -> dict:
     engine_model = wrap_ddp(model, device)
     bare_opt = torch.optim.AdamW(model.parameters(), lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]))
     engine_opt = build_optimizer(model, recipe, float(recipe["lr"]))
-    criterion = torch.nn.CrossEntropyLoss()
+    criterion = CountingLoss()
     torch.manual_seed(args.seed)
     pin = device.type == "cuda"
     batches = [(model_input(args.model, args.batch), torch.randint(0, model.num_classes, (args.batch,)))
@@ -104,7 +113,7 @@ def run(args, device: torch.device, world: int) -> dict:
     if pin:
         batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
 
-    def bare(steps: int) -> int:
+    def bare(steps: int) -> None:
         for i in range(steps):
             x, y = batches[i % len(batches)]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -115,23 +124,20 @@ def run(args, device: torch.device, world: int) -> dict:
             loss.backward()
             bare_opt.step()
             bare_opt.zero_grad(set_to_none=True)
-        return steps * args.batch
 
-    def engine(steps: int) -> int:
-        loader = InMemoryBatches(batches, steps)
-        train_one_epoch(engine_model, criterion, loader, engine_opt, device, 0, amp_dtype=dtype,
-                        clip_grad=clip, fixed_mask=fixed, channels_last=args.channels_last,
+    def engine(steps: int) -> None:
+        train_one_epoch(engine_model, criterion, InMemoryBatches(batches, steps), engine_opt, device, 0,
+                        amp_dtype=dtype, clip_grad=clip, fixed_mask=fixed, channels_last=args.channels_last,
                         progress=is_main() and not args.no_progress)
-        return loader.served * args.batch
 
     arms = {"bare": bare, "engine": engine}
 
     def timed(arm: str, steps: int) -> tuple[float, int]:
         sync(device)
-        t0 = time.perf_counter()
-        images = arms[arm](steps)
+        t0, seen = time.perf_counter(), criterion.images
+        arms[arm](steps)
         sync(device)
-        return time.perf_counter() - t0, images
+        return time.perf_counter() - t0, criterion.images - seen
 
     log = print if is_main() else (lambda *a, **k: None)
     log(f"{args.model}: batch {args.batch}, {args.steps} steps x {args.repeats} repeats per arm, device {device}, "
