@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 from gpu_check import ROOT, TORCHRUN, StepFailed, kill_tree
 
 
@@ -37,11 +39,15 @@ def train_e2e(check, name: str, timeout: float, folder: Path, overrides: list[st
         killed = proc.poll() is None
         if killed:
             kill_tree(proc)
-    first = {"seconds": time.monotonic() - t0, "returncode": proc.returncode, "killed": killed,
-             "log_rows_at_kill": read_rows(run_dir / "log.jsonl"),
-             "summary_existed_at_kill": (run_dir / "summary.json").exists()}
     if not killed:
         raise StepFailed(f"the first run ended (exit status {proc.returncode}) before writing a checkpoint")
+    # what the kill left: the checkpoint is the truth (log.jsonl is written just after it, and may be missing)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    first = {"seconds": time.monotonic() - t0, "returncode": proc.returncode, "killed": killed,
+             "checkpoint_epoch_at_kill": ckpt["epoch"], "history_at_kill": json.loads(json.dumps(ckpt["history"])),
+             "log_rows_at_kill": read_rows(run_dir / "log.jsonl"),
+             "summary_existed_at_kill": (run_dir / "summary.json").exists()}
+    del ckpt
 
     # 2. the same command: resumes from last.pt
     t0 = time.monotonic()
@@ -59,11 +65,11 @@ def train_e2e(check, name: str, timeout: float, folder: Path, overrides: list[st
     rows = read_rows(run_dir / "log.jsonl")
     nccl_lines = sum(log.read_text(errors="replace").count("NCCL INFO") for log in logs)
     checks = {
-        "first_run_killed_after_exactly_one_epoch": [r["epoch"] for r in first["log_rows_at_kill"]] == [0]
-        and not first["summary_existed_at_kill"],
+        "first_run_killed_after_exactly_one_epoch": first["checkpoint_epoch_at_kill"] == 0
+        and [r["epoch"] for r in first["history_at_kill"]] == [0] and not first["summary_existed_at_kill"],
         "resumed_run_exit_0": rc == 0,
         "resumed_run_says_it_resumed": "resuming" in resumed_log.lower(),
-        "epoch_0_not_redone": bool(rows) and rows[0] == (first["log_rows_at_kill"] or [None])[0],
+        "epoch_0_not_redone": bool(rows) and rows[0] == first["history_at_kill"][0],
         "finished_two_epochs": [r["epoch"] for r in rows] == [0, 1] and summary.get("epochs") == 2,
         "world_size_1": summary.get("world_size") == 1,
         "finite_top1": isinstance(summary.get("top1"), (int, float)) and summary["top1"] == summary["top1"],
