@@ -8,8 +8,9 @@ paper's augmentation, so users can size train.num_workers (data.num_workers) for
 The dataset and transform are train.py's for data=imagenet (dimap.training.data: ImageFolder, timm's
 RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1, colour jitter, random erasing, at 224), read from
 conf/data/imagenet.yaml. For each worker count, --images images are loaded in batches of --batch, alternating
-the counts over --repeats; the first batch (worker start-up) is timed apart from the steady state. Per-worker
-rate = steady images/s / workers (workers 0 = the main process alone). Writes OUT/data_pipeline.json.
+the counts over --repeats. Steady state = the second half of the batches (worker start-up and the first batches,
+prepared in parallel, excluded). Per-worker rate = steady images/s / workers (workers 0 = the main process
+alone). Writes OUT/data_pipeline.json.
 """
 import argparse
 import statistics
@@ -32,18 +33,16 @@ def load_once(dataset, workers: int, batch: int, images: int, seed: int) -> dict
     """Load `images` training images (rounded down to whole batches); timings and the number actually seen."""
     sampler = RandomSampler(dataset, num_samples=images, generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
-    seen, t0 = 0, time.perf_counter()
-    t_first = None
+    t0, arrivals, sizes = time.perf_counter(), [], []
     for x, _ in loader:
-        seen += len(x)
-        if t_first is None:
-            t_first, first = time.perf_counter(), len(x)
-    t_end = time.perf_counter()
-    steady = seen - first
-    return {"images": seen, "batches": seen // batch, "total_s": t_end - t0, "first_batch_s": t_first - t0,
-            "steady_images": steady, "steady_s": t_end - t_first,
-            "steady_images_per_s": steady / (t_end - t_first) if steady else float("nan"),
-            "image_shape": list(x.shape[1:])}
+        arrivals.append(time.perf_counter())
+        sizes.append(len(x))
+    # steady state: the second half of the batches (by then the workers' first, parallel batches are consumed)
+    start = max(1, len(arrivals) // 2) - 1
+    steady, steady_s = sum(sizes[start + 1:]), arrivals[-1] - arrivals[start]
+    return {"images": sum(sizes), "batches": len(sizes), "total_s": arrivals[-1] - t0,
+            "first_batch_s": arrivals[0] - t0, "steady_images": steady, "steady_s": steady_s,
+            "steady_images_per_s": steady / steady_s if steady else float("nan"), "image_shape": list(x.shape[1:])}
 
 
 def main(argv=None):

@@ -38,7 +38,7 @@ SIZES = {
                 "train.batch_size=128", "train.eval_batch_size=250", "data.num_workers=8"],
         "throughput": ["--device", "cuda", "--amp", "bf16", "--model", "swin_t", "--batch", "128", "--steps", "20",
                        "--repeats", "5", "--warmup-steps", "5"],
-        "data": ["--workers", "1", "2", "4", "8", "--images", "2048", "--batch", "64"],
+        "data": ["--workers", "1", "2", "4", "8", "--images", "2048", "--batch", "32"],
         "masks_timm": ["--device", "cuda", "--model", "swin_b", "--repeats", "3", "--reference"],
         "masks_pruned": ["--device", "cuda", "--model", "swin_b", "--init", "pruned", "--methods", "dimap",
                          "global_magnitude", "--repeats", "2", "--reference"],

@@ -110,15 +110,15 @@ def test_make_imagefolder_refuses_an_existing_folder(jpeg_folder, capsys):
 
 
 def test_bench_data_counts_images_and_rates_per_worker(jpeg_folder, tmp_path):
-    res = load("bench_data").main(["--root", str(jpeg_folder[0]), "--workers", "0", "2", "--images", "10",
+    res = load("bench_data").main(["--root", str(jpeg_folder[0]), "--workers", "0", "2", "--images", "26",
                                    "--batch", "4", "--img-size", "32", "--out", str(tmp_path)])
     assert read_record(tmp_path / "data_pipeline.json")["results"] == json.loads(json.dumps(res))
     assert res["train_images"] == 30 and "RandAugment" in res["transform"]  # the paper's augmentation
     for w, v in res["workers"].items():
         run = v["runs"][0]
-        assert run["images"] == 8 and run["batches"] == 2  # 10 requested -> two whole batches of 4
-        assert run["steady_images"] == 4 and run["image_shape"] == [3, 32, 32]
-        assert run["steady_images_per_s"] == pytest.approx(4 / run["steady_s"])
+        assert run["images"] == 24 and run["batches"] == 6  # 26 requested -> six whole batches of 4
+        assert run["steady_images"] == 12 and run["image_shape"] == [3, 32, 32]  # the last 3 batches
+        assert run["steady_images_per_s"] == pytest.approx(12 / run["steady_s"])
         assert v["images_per_s_per_worker"] == pytest.approx(v["median_images_per_s"] / max(int(w), 1))
 
 
