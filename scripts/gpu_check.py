@@ -110,6 +110,13 @@ def run_logged(argv, log: Path, timeout: float, env=None) -> int:
             return 124
 
 
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # a record cut short must not cost the summary
+        return {"unreadable": f"{type(e).__name__}: {e}"}
+
+
 class StepFailed(Exception):
     """A step ran but a check failed: the message says which."""
 
@@ -172,7 +179,7 @@ class GpuCheck:
                 entry.update(status="failed", reason=f"{type(e).__name__}: {e}")
         entry["seconds"] = round(time.monotonic() - t0, 1)
         d = self.steps_dir / name
-        entry["records"] = {p.name: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} if d.exists() else {}
+        entry["records"] = {p.name: read_json(p) for p in sorted(d.glob("*.json"))} if d.exists() else {}
         self.summary["steps"].append(entry)
         print(f"[gpu_check] {name}: {entry['status']} ({entry['seconds']} s){' - ' + entry.get('reason', '')}",
               flush=True)
