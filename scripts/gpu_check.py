@@ -224,7 +224,11 @@ def environment() -> dict:
     sys.path.insert(0, str(ROOT))
     from dimap.provenance import git_commit, versions
 
-    info = {"git_commit": git_commit(), "versions": versions(), "cpus": os.cpu_count(),
+    # the device machine gets a copy of the files without .git: the session names the commit it sent
+    commit = git_commit()
+    if commit == "unknown" and os.environ.get("GPU_CHECK_COMMIT"):
+        commit = os.environ["GPU_CHECK_COMMIT"] + " (declared by GPU_CHECK_COMMIT)"
+    info = {"git_commit": commit, "versions": versions(), "cpus": os.cpu_count(),
             "cuda_available": torch.cuda.is_available(), "nccl_available": torch.distributed.is_nccl_available()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

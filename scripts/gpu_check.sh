@@ -13,7 +13,8 @@
 # On the device machine (Python 3.12, its own torch; no hydra-core, omegaconf, fvcore, mlxtend...), build the
 # wheels here once, then carry them:
 #   bash ../shared/tools/device-wheels.sh .whl && echo /.whl/ >> .git/info/exclude
-#   device run: command "bash scripts/gpu_check.sh", carry [".whl"], timeout_s 560
+#   device run: command "GPU_CHECK_COMMIT=<sha of HEAD> bash scripts/gpu_check.sh", carry [".whl"], timeout_s 560
+#   (the copy there has no .git, so the records take the commit from GPU_CHECK_COMMIT)
 # CPU dry run of the same steps at toy size, with gloo (about 2 minutes on 2 cores):
 #   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh
 set -uo pipefail

@@ -211,3 +211,13 @@ def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
     with tarfile.open(tmp_path / "out" / "gpu_check_steps.tar.gz") as tar:
         names = tar.getnames()
     assert {f"steps/{name}" for name in steps} <= set(names)
+
+
+def test_gpu_check_takes_the_declared_commit_where_there_is_no_git(monkeypatch):
+    import dimap.provenance
+
+    environment = load("gpu_check").environment
+    monkeypatch.setenv("GPU_CHECK_COMMIT", "abc123")
+    assert environment()["git_commit"] == dimap.provenance.git_commit()  # a checkout: git's own answer wins
+    monkeypatch.setattr(dimap.provenance, "git_commit", lambda: "unknown")  # the device machine's copy
+    assert environment()["git_commit"] == "abc123 (declared by GPU_CHECK_COMMIT)"
