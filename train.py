@@ -13,6 +13,7 @@ import os
 # demo, 2 cores); PASSIVE lets them sleep. It must be set before torch loads OpenMP; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from dimap.pruning.accounting import account
 from dimap.training.checkpoint import config_differences, load_latest, seed_everything
 from dimap.training.data import build_loaders
-from dimap.training.distributed import all_gather_object, cleanup, init_distributed
+from dimap.training.cluster import hold_output_dir, link_submitit_logs
+from dimap.training.distributed import all_gather_object, cleanup, env_from_submitit, init_distributed
 from dimap.training.engine import evaluate
 from dimap.errors import UserError, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
@@ -32,7 +34,7 @@ from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
 from dimap.pruning.pruned_file import save_pruned
 from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
-from dimap.report import check_output_dir, format_table, prune_summary, write_json
+from dimap.report import check_output_dir, finished_summary, format_table, prune_summary, write_json
 from dimap.training.wandb_logger import WandbLogger
 
 
@@ -58,6 +60,11 @@ def results_table(s: dict) -> str:
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> dict | None:
+    with contextlib.ExitStack() as held:  # the output folder's lock, released however the run ends
+        return _run(cfg, held)
+
+
+def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     t_start = time.time()
     config = OmegaConf.to_container(cfg, resolve=True)
     tc, method, ratio = config["train"], cfg.prune.method, check_ratio(cfg.prune.ratio)
@@ -66,6 +73,7 @@ def run(cfg: DictConfig) -> dict | None:
         raise UserError(f"train.nonfinite={tc['nonfinite']!r} is unknown: pass train.nonfinite=stop or skip")
     if not isinstance(tc["epochs"], int) or tc["epochs"] < 0:
         raise UserError(f"train.epochs={tc['epochs']!r} must be a whole number >= 0 (0 = prune and evaluate only)")
+    env_from_submitit()  # a task of Hydra's submitit launcher: its rank and world as torchrun's variables
     device, rank, world = init_distributed(cfg.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     main = rank == 0
@@ -76,6 +84,12 @@ def run(cfg: DictConfig) -> dict | None:
         log(f"note: train.amp={tc['amp']} applies on CUDA only; this CPU run computes in fp32")
     out = Path(cfg.output_dir)
     check_output_dir(out, config)  # every check before anything is written
+    if tc["resume"] and (done := finished_summary(out)):  # a multirun started again skips its finished points
+        log(f"{out}/summary.json is finished (top-1 {done['top1']:.2f}): skipping; delete it to run again")
+        return done
+    held.enter_context(hold_output_dir(out, main))  # one writer per folder: a second run is refused here
+    if main:
+        link_submitit_logs(out)
     state = load_latest(out / "checkpoints", log)[0] if tc["resume"] else None
     if len(set(all_gather_object(state and state["epoch"]))) > 1:  # e.g. a multi-node run on node-local disks
         raise UserError(f"the ranks see different checkpoints in {out}: put output_dir on a filesystem all nodes share")
@@ -144,7 +158,9 @@ def run(cfg: DictConfig) -> dict | None:
     return summary
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+# An absolute config path and `main` imported from the module `train` (below): Hydra's submitit launcher pickles
+# `main`, which must then be a reference to an importable module, not a function of __main__ (FIELD_NOTES.md).
+@hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
@@ -153,4 +169,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # submitit's tasks unpickle `train.main` in fresh interpreters (local or on Slurm nodes): let them import it
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
+                                                             os.environ.get("PYTHONPATH")]))
+    import train
+
+    train.main()

@@ -15,6 +15,15 @@ def write_json(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def finished_summary(out_dir: str | Path) -> dict | None:
+    """out_dir/summary.json when it records a finished training run (it is written last, with top1), else None."""
+    try:
+        summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("top1") is not None else None
+
+
 def check_output_dir(out_dir: str | Path, config: dict, ignore=("output_dir",)) -> None:
     """Refuse an output folder that holds a finished run of a different config, before anything is written."""
     summary = Path(out_dir) / "summary.json"

@@ -17,6 +17,21 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def env_from_submitit() -> bool:
+    """When this process is a task of a submitit job (Hydra's submitit launcher: Slurm or its local executor),
+    export its rank, world size, local rank and master address/port as torchrun's variables, so that
+    init_distributed reads one set of variables whoever started the process. True when it did.
+
+    CUDA_VISIBLE_DEVICES is left alone: every task sees the node's GPUs and LOCAL_RANK picks one, as under torchrun.
+    """
+    if not os.environ.get("SUBMITIT_EXECUTOR"):  # how submitit marks its tasks (JobEnvironment.activated)
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return True
+
+
 def init_distributed(device: str = "auto") -> tuple[torch.device, int, int]:
     """(device, rank, world_size) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK; joins the process group.
 

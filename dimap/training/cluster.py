@@ -1,0 +1,99 @@
+"""What a run needs on a shared cluster: one writer per output folder, and the launcher's logs kept with the run.
+
+The output folder's lock is an OS lock (fcntl.flock) on output_dir/.lock held by rank 0 for the whole run: it
+dies with its process, so a run killed by kill -9, an OOM or a node failure leaves no lock behind that could block
+its resumption; the file also names the holder (host, pid) so that a refused run can say who is writing.
+"""
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from dimap.errors import UserError
+from dimap.training.distributed import broadcast_object
+
+LOCK = ".lock"
+
+
+class OutputLock:
+    """An exclusive, non-blocking lock on `out_dir`; `holder` names who has it when `acquire` fails."""
+
+    def __init__(self, out_dir: str | Path):
+        self.dir, self.fd, self.created_dir = Path(out_dir), None, False
+
+    @property
+    def path(self) -> Path:
+        return self.dir / LOCK
+
+    def acquire(self) -> str | None:
+        """None when the lock is ours now, else 'host HOST, pid PID' of the run holding it."""
+        self.created_dir = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                return holder
+            # the holder may have released and unlinked the file between our open and flock: lock the new one
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        """Unlink the file (a finished run leaves none) and drop the lock; a folder this lock made, still empty,
+        is removed too, so a refused run leaves things as they were."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+        if self.created_dir:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
+
+
+@contextlib.contextmanager
+def hold_output_dir(out_dir: str | Path, main: bool):
+    """Rank 0 locks `out_dir` for the block; every rank refuses together (UserError) if another run holds it."""
+    lock = OutputLock(out_dir) if main else None
+    holder = broadcast_object(lock.acquire() if lock else None)
+    if holder is not None:
+        raise UserError(f"output_dir={out_dir} is being written by another run ({holder}; lock file "
+                        f"{Path(out_dir) / LOCK}): wait for it to end, stop it, or choose another output_dir")
+    try:
+        yield
+    finally:
+        if lock:
+            lock.release()
+
+
+def link_submitit_logs(out_dir: str | Path) -> Path | None:
+    """In a submitit job, link its sbatch script and every task's stdout/stderr into output_dir/submitit/, so a
+    run's folder holds its launcher logs wherever hydra.launcher.submitit_folder put them. Rank 0 calls it."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    env = submitit.JobEnvironment()
+    folder, dest = env.paths.folder, Path(out_dir) / "submitit"
+    dest.mkdir(parents=True, exist_ok=True)
+    files = [JobPaths(folder, env.job_id, t) for t in range(env.num_tasks)]
+    for path in [files[0].submission_file] + [p for f in files for p in (f.stdout, f.stderr)]:
+        link = dest / path.name
+        if path.exists() and not link.is_symlink():
+            with contextlib.suppress(OSError):
+                link.symlink_to(path.resolve())
+    return dest
