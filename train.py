@@ -73,6 +73,12 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         raise UserError(f"train.nonfinite={tc['nonfinite']!r} is unknown: pass train.nonfinite=stop or skip")
     if not isinstance(tc["epochs"], int) or tc["epochs"] < 0:
         raise UserError(f"train.epochs={tc['epochs']!r} must be a whole number >= 0 (0 = prune and evaluate only)")
+    out = Path(cfg.output_dir)
+    check_output_dir(out, config)  # every check before anything is written
+    if tc["resume"] and (done := finished_summary(out)):  # a multirun started again skips its finished points,
+        # before joining a process group (a rank leaving while another still connects would crash it)
+        print(f"{out}/summary.json is finished (top-1 {done['top1']:.2f}): skipping; delete it to run again")
+        return done
     env_from_submitit()  # a task of Hydra's submitit launcher: its rank and world as torchrun's variables
     device, rank, world = init_distributed(cfg.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
@@ -82,11 +88,6 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     amp_dtype(tc, device)  # refuse an AMP setting this GPU lacks before anything runs
     if device.type == "cpu" and str(tc["amp"]) != "none":
         log(f"note: train.amp={tc['amp']} applies on CUDA only; this CPU run computes in fp32")
-    out = Path(cfg.output_dir)
-    check_output_dir(out, config)  # every check before anything is written
-    if tc["resume"] and (done := finished_summary(out)):  # a multirun started again skips its finished points
-        log(f"{out}/summary.json is finished (top-1 {done['top1']:.2f}): skipping; delete it to run again")
-        return done
     held.enter_context(hold_output_dir(out, main))  # one writer per folder: a second run is refused here
     if main:
         link_submitit_logs(out)

@@ -5,6 +5,7 @@ Each refusal must exit with status 2, name the fix, print no traceback, and leav
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,13 +46,14 @@ def test_kill_9_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_r
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()
+    assert f"pid {proc.pid}" in (killed / ".lock").read_text()  # the killed run's lock file is left behind...
     epoch_at_kill = torch.load(last, weights_only=False, map_location="cpu")["epoch"]
     assert epoch_at_kill < 2  # killed before the end
 
     resumed = train_cli(killed, *KILLABLE)  # the same command again
     out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
-    assert "resum" in out.lower()
+    assert resumed.returncode == 0, err[-2000:]  # ...and does not block the resumption
+    assert "resum" in out.lower() and not (killed / ".lock").exists()
     uninterrupted = train_cli(straight, *KILLABLE)
     _, err = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, err[-2000:]
@@ -63,6 +65,24 @@ def test_kill_9_after_the_first_checkpoint_then_resume_equals_an_uninterrupted_r
     assert (sa["top1"], sa["mask_checksum"]) == (sb["top1"], sb["mask_checksum"])
     log = [json.loads(l) for l in (killed / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]  # no epoch counted twice
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_busy_output_dir_is_refused_at_once_while_the_first_goes_on(tmp_path):
+    out = tmp_path / "run"
+    first = train_cli(out, *KILLABLE)
+    deadline = time.time() + 240
+    while not (out / ".lock").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = train_cli(out, *KILLABLE)  # the same command pasted twice
+    _, err = second.communicate(timeout=120)
+    assert first.poll() is None, "the first run ended before the second was refused"
+    assert second.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and f"another run (host {socket.gethostname()}, pid {first.pid}" in err
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2] and (out / "summary.json").is_file()
 
 
 def image_folder(root: Path, empty_class: bool = False, with_val: bool = True) -> Path:

@@ -125,7 +125,7 @@ def load_latest(ckpt_dir: str | Path, log=print) -> tuple[dict | None, Path | No
 RESUME_FREE = {"output_dir", "logger", "paths", "hydra", "device"}
 RESUME_FREE_TRAIN = {"resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite",
                      "max_skipped_steps", "eval_amp"}
-RESUME_FREE_DATA = {"root", "num_workers"}
+RESUME_FREE_DATA = {"root", "num_workers", "max_bad_images"}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

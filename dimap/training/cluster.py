@@ -10,6 +10,8 @@ import os
 import socket
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from dimap.errors import UserError
 from dimap.training.distributed import broadcast_object
 
@@ -97,3 +99,26 @@ def link_submitit_logs(out_dir: str | Path) -> Path | None:
             with contextlib.suppress(OSError):
                 link.symlink_to(path.resolve())
     return dest
+
+
+class RegenerateTables(Callback):
+    """A Hydra callback (conf/hydra/default.yaml): when a multirun ends, scripts/make_tables.py rebuilds
+    results/tables from every summary.json there is, so a finished sweep leaves its tables without another step.
+    With the submitit launcher the multirun ends when its last job does (the submitting process waits for them)."""
+
+    def __init__(self, runs: str | None = None, out: str | None = None, enabled: bool = True):
+        self.argv = [a for key, value in (("--runs", runs), ("--out", out)) if value for a in (key, str(value))]
+        self.enabled = enabled
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if not self.enabled:
+            return
+        import importlib.util
+        script = Path(__file__).resolve().parents[2] / "scripts" / "make_tables.py"
+        spec = importlib.util.spec_from_file_location("make_tables", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        try:
+            module.main(self.argv)
+        except Exception as e:  # the runs are what matters; a table that cannot be built must not hide them
+            print(f"warning: {script} failed after the multirun ({type(e).__name__}: {e}); run it by hand")

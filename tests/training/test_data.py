@@ -132,3 +132,44 @@ def test_no_classes(tmp_path):
 def test_unknown_name():
     with pytest.raises(UserError, match="data.name"):
         build_datasets(dict(MNIST, name="cifar"))
+
+
+def corrupt_folder(root):
+    """make_folder plus, in train/class0, a truncated JPEG and a text file named .JPEG (3 train files unreadable
+    counting a second truncated one in class1)."""
+    make_folder(root)
+    rng = np.random.default_rng(1)
+    good = root / "train" / "class0" / "good.jpg"
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(good, quality=90)
+    data = good.read_bytes()
+    (root / "train" / "class0" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "train" / "class0" / "n01440764_1.JPEG").write_text("not an image, whatever the name says")
+    (root / "train" / "class1" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path, capfd, workers):
+    root = corrupt_folder(tmp_path)
+    cfg = {**folder_cfg(root), "max_bad_images": 3}
+    train, _, _ = build_loaders(cfg, batch_size=5, eval_batch_size=4, num_workers=workers)[:3]
+    for epoch in range(2):  # the second epoch meets the same files again: neither logged nor counted twice
+        train.sampler.set_epoch(epoch)
+        sizes = [len(y) for _, y in train]
+        assert sizes == [5] * (len(train.dataset) // 5)  # replaced, not dropped: every batch full
+    out = capfd.readouterr().out
+    bad = sorted(line.split()[4] for line in out.splitlines() if line.startswith("warning: skipping unreadable"))
+    assert bad == sorted(str(p) for p in root.glob("train/*/*") if p.name.startswith(("truncated", "n014")))
+    assert train.dataset.n_bad.value == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_past_max_bad_images_the_run_stops_with_one_sentence(tmp_path, workers):
+    from dimap.training.data import TooManyBadImages
+    cfg = {**folder_cfg(corrupt_folder(tmp_path)), "max_bad_images": 2}
+    train = build_loaders(cfg, batch_size=5, eval_batch_size=4, num_workers=workers)[0]
+    with pytest.raises(TooManyBadImages) as e:
+        for _ in train:
+            pass
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and msg.startswith("3 images under") and "data.max_bad_images=2" in msg

@@ -1,0 +1,55 @@
+"""One writer per output folder (dimap.training.cluster): the lock, its refusal sentence, stale locks, and the
+folder left as it was by a refused run."""
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from dimap.training.cluster import LOCK, OutputLock
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_held_lock_names_its_holder_and_is_released_with_its_file(tmp_path):
+    first, second = OutputLock(tmp_path), OutputLock(tmp_path)
+    assert first.acquire() is None
+    assert second.acquire() == f"host {socket.gethostname()}, pid {os.getpid()}"
+    first.release()
+    assert not (tmp_path / LOCK).exists()
+    assert second.acquire() is None  # free again
+    second.release()
+
+
+def test_a_stale_lock_file_of_a_killed_run_does_not_block(tmp_path):
+    (tmp_path / LOCK).write_text("host elsewhere, pid 99999")  # what kill -9 leaves: the file, no OS lock
+    lock = OutputLock(tmp_path)
+    assert lock.acquire() is None
+    assert (tmp_path / LOCK).read_text() == f"host {socket.gethostname()}, pid {os.getpid()}"
+    lock.release()
+
+
+def test_a_folder_made_for_the_lock_is_removed_again_when_left_empty(tmp_path):
+    lock = OutputLock(tmp_path / "new")
+    assert lock.acquire() is None
+    lock.release()
+    assert not (tmp_path / "new").exists()
+
+
+def test_train_refuses_a_folder_another_run_is_writing_in_one_sentence(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    from tests.test_train_cli import run
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    other = OutputLock(out)
+    assert other.acquire() is None  # the running one
+    with pytest.raises(SystemExit) as e:
+        run(out, "train.epochs=1")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert f"is being written by another run (host {socket.gethostname()}, pid {os.getpid()}" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, "notes.txt"]  # nothing of the refused run
+    assert (out / LOCK).read_text() == f"host {socket.gethostname()}, pid {os.getpid()}"  # the holder's, kept
+    other.release()
