@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from dimap.pruning.accounting import account
 from dimap.training.checkpoint import config_differences, load_latest, seed_everything
 from dimap.training.data import build_loaders
-from dimap.training.cluster import hold_output_dir, link_submitit_logs
+from dimap.training.cluster import Preemption, hold_output_dir, link_submitit_logs
 from dimap.training.distributed import all_gather_object, cleanup, env_from_submitit, init_distributed
 from dimap.training.engine import evaluate
 from dimap.errors import UserError, exit_on_user_error
@@ -136,7 +136,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     fit = {"history": [], "best_top1": None, "final": None}
     if tc["epochs"] > 0:
         fit = finetune(model, masks, train_loader, val_loader, num_classes, config, device, out, state=state,
-                       logger=logger, results=results, log=log)
+                       logger=logger, results=results, log=log, preemption=held.enter_context(Preemption()))
     final = fit["final"] or {"top1": results["pruned_top1"], "top5": results["pruned_top5"]}
 
     summary = None

@@ -1,4 +1,5 @@
-"""What a run needs on a shared cluster: one writer per output folder, and the launcher's logs kept with the run.
+"""What a run needs on a cluster: one writer per output folder, the launcher's logs kept with the run, stopping
+cleanly when preempted, and the tables rebuilt when a sweep ends.
 
 The output folder's lock is an OS lock (fcntl.flock) on output_dir/.lock held by rank 0 for the whole run: it
 dies with its process, so a run killed by kill -9, an OOM or a node failure leaves no lock behind that could block
@@ -7,13 +8,16 @@ its resumption; the file also names the holder (host, pid) so that a refused run
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 from pathlib import Path
+
+import torch
 
 from hydra.experimental.callback import Callback
 
 from dimap.errors import UserError
-from dimap.training.distributed import broadcast_object
+from dimap.training.distributed import all_reduce_max, barrier, broadcast_object, is_main
 
 LOCK = ".lock"
 
@@ -122,3 +126,43 @@ class RegenerateTables(Callback):
             module.main(self.argv)
         except Exception as e:  # the runs are what matters; a table that cannot be built must not hide them
             print(f"warning: {script} failed after the multirun ({type(e).__name__}: {e}); run it by hand")
+
+
+class Preemption:
+    """Stop requests from the cluster: SIGTERM (preemption, scancel, Slurm's time limit), SIGUSR1 (`sbatch
+    --signal=USR1@SECONDS`) and SIGUSR2 (what submitit asks Slurm to send before the time limit). The handler only
+    notes the signal; the training loop asks `requested()` after every optimizer step (all ranks agree on the same
+    step), writes a mid-epoch checkpoint and calls `exit()`. Used as a context manager: handlers restored after."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self):
+        self.signum, self.previous = 0, {}
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            self.previous[s] = signal.signal(s, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _note(self, signum, frame) -> None:
+        if not self.signum:
+            print(f"caught {signal.Signals(signum).name}: finishing this step, then a checkpoint and exit", flush=True)
+        self.signum = signum
+
+    def requested(self, device) -> int:
+        """The signal any rank caught (0: none), the same on every rank (an all-reduce: call it on all)."""
+        return int(all_reduce_max(torch.tensor([float(self.signum)], device=device)).item())
+
+    def exit(self, signum: int) -> None:
+        """After the checkpoint: under submitit, its own handler for this signal requeues the job (rank 0: it runs
+        `scontrol requeue`, or asks submitit's local executor to restart the tasks); then exit with 128 + signum,
+        which Slurm's --requeue or a wrapper script can act on. The same command resumes from the checkpoint."""
+        barrier()  # every rank is past the checkpoint before anyone leaves
+        previous = self.previous.get(signum)
+        if is_main() and getattr(previous, "__name__", "") == "checkpoint_and_try_requeue":
+            previous(signum, None)  # exits itself
+        raise SystemExit(128 + signum)

@@ -44,6 +44,26 @@ class ShardedEvalSampler(Sampler):
         return len(self.indices)
 
 
+class ResumableSampler(EpochSeededSampler):
+    """EpochSeededSampler that can start an epoch part-way: after set_epoch(e), set_start(n) skips this rank's
+    first n samples of epoch e (those an interrupted run already trained on) without loading them."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def set_start(self, n: int) -> None:
+        self.start = int(n)
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
 class MNISTSubset(Dataset):
     """Digits `indices` of a shared uint8 tensor (N, 1, S, S); returns (float CxSxS normalized, int label).
 
@@ -279,8 +299,8 @@ def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, se
             "pass a smaller batch size."
         )
     generator = torch.Generator()
-    train_sampler = EpochSeededSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
-                                       shuffle=True, drop_last=True)
+    train_sampler = ResumableSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
+                                     shuffle=True, drop_last=True)
     extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     # Without workers the main process augments, from its own (checkpointed) RNG, which the loader's base-seed
     # draw then keeps advancing as it always has: the runs and records made before stay reproducible.

@@ -52,7 +52,8 @@ def _step(model, optimizer, scaler, clip_grad, fixed_mask) -> tuple[torch.Tensor
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, scheduler=None, mixup_fn=None,
                     amp_dtype=None, scaler=None, clip_grad=None, accum_steps: int = 1, fixed_mask=None,
                     ema=None, ema_mask=None, max_steps=None, nonfinite: str = "stop", max_skipped_steps: int = 25,
-                    channels_last=False, progress: bool = True) -> dict:
+                    channels_last=False, progress: bool = True, start_step: int = 0, totals=None, skipped: int = 0,
+                    on_update=None) -> dict:
     """Train `model` for one epoch; returns train_loss (mean over ranks and applied steps), lr, skipped steps.
 
     `fixed_mask` (and `ema_mask` for the EMA copy) is a dimap.pruning.masks.FixedMask applied after every optimizer
@@ -62,18 +63,26 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
     Accumulation as timm's train.py: ceil(steps / accum_steps) updates, the last, short group divided by its own
     size. Non-finite gradients stop the run (`nonfinite="stop"`, fp32/bf16) or skip the update (`"skip"`, and
     always for fp16, where GradScaler skips are routine); `max_skipped_steps` skips in a row stop it either way.
+
+    Resuming inside an epoch: `loader` yields the batches from `start_step` on (its sampler skips the others),
+    `totals` and `skipped` carry the interrupted part's loss sums and skipped steps. `on_update(step, totals,
+    skipped)` is called after every optimizer update (step = batches done this epoch); if it returns True the
+    epoch stops there and the result holds `stopped_at` = step (preemption: dimap.training.cluster).
     """
     model.train()
-    steps = len(loader) if max_steps is None else min(len(loader), int(max_steps))
+    steps = start_step + len(loader) if max_steps is None else min(start_step + len(loader), int(max_steps))
     last_group = steps % accum_steps  # size of the short last group (0: none)
     last_group_start = steps - last_group if last_group else steps
-    num_updates = epoch * updates_per_epoch(steps, accum_steps)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batches (of applied updates)
+    num_updates = epoch * updates_per_epoch(steps, accum_steps) + -(-start_step // accum_steps)
+    # loss sum, batches (of applied updates)
+    totals = torch.zeros(2, dtype=torch.float64, device=device) if totals is None else totals.to(device)
     group = torch.zeros(2, dtype=torch.float64, device=device)  # the same for the group being accumulated
-    skipped = in_a_row = 0
+    in_a_row = 0
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(total=steps, desc=f"train {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
-    for i, (images, targets) in enumerate(loader):
+    bar = tqdm(total=steps, initial=start_step, desc=f"train {epoch}", disable=not progress, dynamic_ncols=True,
+               leave=False)
+    stopped_at = None
+    for i, (images, targets) in enumerate(loader, start=start_step):
         if i >= steps:
             break
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -120,7 +129,12 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
         if progress and (i % 20 == 0 or i + 1 == steps):  # .item() waits for the GPU: not every step, one rank
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         bar.update(1)
+        if step_now and on_update is not None and on_update(i + 1, totals, skipped):
+            stopped_at = i + 1
+            break
     bar.close()
+    if stopped_at is not None:  # the epoch goes on after the resumption: its sums stay this rank's own
+        return {"stopped_at": stopped_at, "totals": totals, "skipped_steps": skipped, "updates": num_updates}
     all_reduce_sum(totals)
     loss_mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
     return {"train_loss": loss_mean, "lr": optimizer.param_groups[0]["lr"], "skipped_steps": skipped,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from dimap.training.checkpoint import restore_rng_state, rng_state, save_checkpoint, seed_everything
+from dimap.training.checkpoint import (restore_rng_state, rng_state, save_checkpoint, seed_everything,
+                                       set_rng_state)
 from dimap.training.distributed import all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main, wrap_ddp
 from dimap.training.engine import evaluate, train_one_epoch
 from dimap.errors import UserError
@@ -29,6 +30,19 @@ def check_masks(masks: dict, fixed: FixedMask | None = None, where: str = "") ->
     return sums[0]
 
 
+class StartedLoader:
+    """A DataLoader whose iterator was made already (resuming mid-epoch: see finetune)."""
+
+    def __init__(self, loader):
+        self.loader, self.iterator = loader, iter(loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        return self.iterator
+
+
 def write_log(path: Path, history: list[dict]) -> None:
     """log.jsonl, one line per finished epoch; rewritten whole from the checkpointed history (resume-safe)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -37,13 +51,16 @@ def write_log(path: Path, history: list[dict]) -> None:
 
 
 def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, config: dict, device, out_dir,
-             *, state: dict | None = None, logger=None, results: dict | None = None, log=print) -> dict:
+             *, state: dict | None = None, logger=None, results: dict | None = None, log=print,
+             preemption=None) -> dict:
     """Train `model` (already pruned with `masks`) for train.epochs; returns {'history', 'best_top1', 'final'}.
 
     `state` is a checkpoint to resume from; `results` (pre-finetuning figures) is stored in every checkpoint. Its
     large entries (optimizer, EMA, scaler, RNG states) are removed from it once restored, so no rank keeps the
     loaded checkpoint (about 1 GB for Swin-B with AdamW and EMA) referenced for the whole run.
     The evaluated model (the EMA copy when train.ema) is the one whose weights end in `model` on return.
+    `preemption` (dimap.training.cluster.Preemption): on a stop request, a checkpoint after the current step, then
+    exit; train.checkpoint_every_steps writes such mid-epoch checkpoints without stopping.
     """
     tc, rank, world, main = config["train"], get_rank(), get_world_size(), is_main()
     batches = resolve_batches(tc, world)
@@ -65,6 +82,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         ema_mask = FixedMask(ema.module, masks)
 
     start, best, history = 0, -math.inf, []
+    start_step, partial, rng_at_stop = 0, {"totals": None, "skipped": 0}, None
     if state is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -76,6 +94,12 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         if not restore_rng_state(state["rng"], rank, world, config["seed"], start):
             log(f"resuming on {world} process(es) where {len(state['rng'])} saved the checkpoint: random streams "
                 "reseeded per rank (same global batch, so the same schedule)")
+        if state.get("step") and state["world_size"] != world:  # sampler positions mean other images now
+            log(f"warning: the mid-epoch checkpoint was written by {state['world_size']} processes, not {world}: "
+                f"epoch {start} starts over")
+        elif state.get("step"):
+            start_step, partial, rng_at_stop = state["step"], state["partial"][rank], state["rng"][rank]
+            log(f"resuming epoch {start} at step {start_step}")
         for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng"):
             state.pop(key, None)
         log(f"resuming after epoch {state['epoch']} (best top-1 so far {best:.2f})")
@@ -89,15 +113,50 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     log(f"finetuning {tc['epochs']} epochs on {world} process(es): global batch {batches.global_batch} "
         f"({batches.per_process} x {batches.accum_steps} accum x {world}), lr {lrs['lr']:.3e}")
 
+    def checkpoint(epoch_done: int, is_best: bool = False, **mid_epoch) -> None:
+        """last.pt after `epoch_done` (all ranks call it: the RNG states are gathered); `mid_epoch`: step (batches
+        done in the next epoch) and partial (each rank's loss sums and skipped steps so far in it)."""
+        rngs = all_gather_object(rng_state())
+        if main:
+            save_checkpoint({
+                "model": model.state_dict(), "masks": masks, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.module.state_dict() if ema is not None else None, "epoch": epoch_done,
+                "best_top1": best, "history": history, "rng": rngs, "config": config, "results": results or {},
+                "mask_checksum": mask_checksum(masks), "world_size": world, "global_batch": batches.global_batch,
+                "wandb_id": logger.run_id if logger is not None else None, **mid_epoch,
+            }, Path(out_dir) / "checkpoints", is_best=is_best)
+
+    every = int(tc.get("checkpoint_every_steps") or 0)
+
+    def on_update(step: int, totals, skipped: int) -> bool:
+        """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates."""
+        stop = preemption is not None and preemption.requested(device)
+        if stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps):
+            partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
+            checkpoint(epoch - 1, step=step, partial=partial)
+        return bool(stop)
+
     for epoch in range(start, int(tc["epochs"])):
         t0 = time.time()
         train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch, scheduler=scheduler,
+        loader = train_loader
+        if epoch == start and start_step:
+            train_loader.sampler.set_start(start_step * batches.per_process)
+            loader = StartedLoader(train_loader)  # its iterator may draw from the RNG, as at the epoch's start...
+            set_rng_state(rng_at_stop)  # ...then the RNG as it was after the interrupted step
+        stats = train_one_epoch(ddp, criterion, loader, optimizer, device, epoch, scheduler=scheduler,
                                 mixup_fn=mixup_fn, amp_dtype=dtype, scaler=scaler, clip_grad=tc.get("clip_grad"),
                                 accum_steps=batches.accum_steps, fixed_mask=fixed, ema=ema, ema_mask=ema_mask,
                                 max_steps=max_steps, nonfinite=tc.get("nonfinite", "stop"),
                                 max_skipped_steps=int(tc.get("max_skipped_steps", 25)),
-                                channels_last=bool(tc.get("channels_last")), progress=main)
+                                channels_last=bool(tc.get("channels_last")), progress=main,
+                                start_step=start_step if epoch == start else 0, on_update=on_update,
+                                **(partial if epoch == start else {}))
+        if "stopped_at" in stats:
+            log(f"stopped in epoch {epoch} after step {stats['stopped_at']}: checkpoint written; run the same "
+                "command to resume")
+            preemption.exit(preemption.requested(device))
         scheduler.step(epoch + 1)
         check_masks(masks, fixed, where=f"after epoch {epoch}")
         ev = evaluate(eval_model, val_loader, device, amp_dtype=eval_dtype, channels_last=bool(tc.get("channels_last")),
@@ -108,21 +167,15 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         history.append(row)
         is_best = ev["top1"] > best
         best = max(best, ev["top1"])
-        rngs = all_gather_object(rng_state())
         log(f"epoch {epoch}: loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  top-1 {row['top1']:.2f}  "
             f"top-5 {row['top5']:.2f}  ({row['time']:.0f} s)")
+        checkpoint(epoch, is_best)
         if main:
-            save_checkpoint({
-                "model": model.state_dict(), "masks": masks, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "ema": ema.module.state_dict() if ema is not None else None, "epoch": epoch,
-                "best_top1": best, "history": history, "rng": rngs, "config": config, "results": results or {},
-                "mask_checksum": mask_checksum(masks), "world_size": world, "global_batch": batches.global_batch,
-                "wandb_id": logger.run_id if logger is not None else None,
-            }, Path(out_dir) / "checkpoints", is_best=is_best)
             write_log(Path(out_dir) / "log.jsonl", history)
             if logger is not None:
                 logger.log({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
+        if preemption is not None and epoch + 1 < int(tc["epochs"]) and (signum := preemption.requested(device)):
+            preemption.exit(signum)  # asked during evaluation: the epoch's checkpoint is the one to resume from
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     return {"history": history, "best_top1": best, "final": history[-1] if history else None}
