@@ -2,9 +2,11 @@
 
     python train.py                                       # the embedded demo: nano Swin on MNIST, CPU, ~2 min
     torchrun --nproc_per_node=8 train.py experiment=table1/swin_t_dimap3 data.root=/data/imagenet
+    python train.py -m hydra/launcher=slurm +paper=table1 data.root=/data/imagenet   # a paper table on Slurm
 
 Writes to output_dir (rank 0 only): summary.json (last: marks a finished run), log.jsonl, model.safetensors +
-masks.safetensors, checkpoints/{last,prev,best}.pt and wandb/. The same command again resumes from last.pt.
+masks.safetensors, checkpoints/{last,prev,best}.pt and wandb/. The same command again resumes from last.pt (also
+mid-epoch, after SIGTERM/SIGUSR1), or skips a finished run; a second run into a busy output_dir is refused.
 """
 # ruff: noqa: E402  (the environment is set before torch is imported)
 import os

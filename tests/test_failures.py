@@ -80,7 +80,7 @@ def test_a_second_run_into_a_busy_output_dir_is_refused_at_once_while_the_first_
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2 and "Traceback" not in err, err[-2000:]
         assert len(err.strip().splitlines()) == 1
-        assert f"another run (host {socket.gethostname()}, pid {first.pid})" in err
+        assert f"another run (host {socket.gethostname()}, pid {first.pid};" in err
         assert first.poll() is None, "the first run stopped"
         assert (out / ".lock").read_text() == f"host {socket.gethostname()}, pid {first.pid}"
         while not (out / "log.jsonl").exists() and first.poll() is None:  # and it goes on writing its epochs

@@ -77,3 +77,48 @@ def test_checkpoint_every_steps_resumes_mid_epoch_after_a_kill_without_warning(t
     assert "resuming epoch 1 at step 2" in capsys.readouterr().out
     a, b = weights(tmp_path / "straight"), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_under_submitit_its_own_handler_requeues_after_the_checkpoint(tmp_path, monkeypatch):
+    """submitit's SIGUSR2 handler (SignalHandler.checkpoint_and_try_requeue: scontrol requeue, then exit) runs
+    once the mid-epoch checkpoint is on disk."""
+    seen = []
+
+    def checkpoint_and_try_requeue(signum, frame):  # stands for submitit's bound method of that name
+        seen.append(torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"])
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
+    try:
+        monkeypatch.setattr(finetune_mod, "build_mixup_and_loss", lambda cfg, n: (None, SignalAt(2, signal.SIGUSR2)))
+        with pytest.raises(SystemExit) as e:
+            run(tmp_path, *LONGER)
+        assert e.value.code == -1 and seen == [2]
+        assert signal.getsignal(signal.SIGUSR2) is checkpoint_and_try_requeue  # given back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_train_process_mid_epoch_then_the_same_command_resumes(tmp_path):
+    import time
+    from tests.test_failures import KILLABLE, train_cli
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    proc = train_cli(stopped, *KILLABLE)
+    deadline = time.time() + 240
+    while not (stopped / "log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)  # into epoch 1 (40 steps)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    state = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["step"] < 40 and "stopped in epoch 1" in out
+    resumed = train_cli(stopped, *KILLABLE)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and f"resuming epoch 1 at step {state['step']}" in out, err[-2000:]
+    uninterrupted = train_cli(straight, *KILLABLE)
+    assert uninterrupted.wait(timeout=300) == 0
+    a, b = weights(straight), weights(stopped)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
