@@ -53,3 +53,40 @@ def test_train_refuses_a_folder_another_run_is_writing_in_one_sentence(tmp_path,
     assert sorted(p.name for p in out.iterdir()) == [LOCK, "notes.txt"]  # nothing of the refused run
     assert (out / LOCK).read_text() == f"host {socket.gethostname()}, pid {os.getpid()}"  # the holder's, kept
     other.release()
+
+
+SLURM_TASK = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2",
+              "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_PROCID": "11", "SLURM_LOCALID": "3"}
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_a_slurm_task_of_submitit_gets_torchruns_variables_from_its_allocation(monkeypatch):
+    from dimap.training.distributed import env_from_submitit
+    for key in TORCHRUN_VARS:  # set first, so that monkeypatch restores them (unset) after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    for key, value in SLURM_TASK.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    assert env_from_submitit()
+    assert {k: os.environ[k] for k in TORCHRUN_VARS[:5]} == {
+        "RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "gpu07"}
+    assert 20000 <= int(os.environ["MASTER_PORT"]) <= 60000  # the same on every task: drawn from the job id
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"  # LOCAL_RANK picks the GPU, as under torchrun
+
+
+def test_outside_submitit_torchruns_own_variables_are_left_alone(monkeypatch):
+    from dimap.training.distributed import env_from_submitit
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "")
+    monkeypatch.setenv("RANK", "5")
+    assert not env_from_submitit() and os.environ["RANK"] == "5"
+
+
+def test_a_finished_run_is_skipped_without_touching_its_files(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    from tests.test_train_cli import run
+    first = run(tmp_path, "train.epochs=1")
+    stamp = (tmp_path / "model.safetensors").stat().st_mtime_ns
+    assert run(tmp_path, "train.epochs=1") == first
+    assert f"{tmp_path}/summary.json is finished" in capsys.readouterr().out
+    assert (tmp_path / "model.safetensors").stat().st_mtime_ns == stamp
