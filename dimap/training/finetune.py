@@ -131,7 +131,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
 
     def on_update(step: int, totals, skipped: int) -> bool:
         """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates."""
-        stop = preemption is not None and preemption.requested(device)
+        stop = preemption is not None and preemption.requested()
         if stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps):
             partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
             checkpoint(epoch - 1, step=step, partial=partial)
@@ -156,7 +156,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         if "stopped_at" in stats:
             log(f"stopped in epoch {epoch} after step {stats['stopped_at']}: checkpoint written; run the same "
                 "command to resume")
-            preemption.exit(preemption.requested(device))
+            preemption.exit(preemption.requested())
         scheduler.step(epoch + 1)
         check_masks(masks, fixed, where=f"after epoch {epoch}")
         ev = evaluate(eval_model, val_loader, device, amp_dtype=eval_dtype, channels_last=bool(tc.get("channels_last")),
@@ -174,7 +174,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
             write_log(Path(out_dir) / "log.jsonl", history)
             if logger is not None:
                 logger.log({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
-        if preemption is not None and epoch + 1 < int(tc["epochs"]) and (signum := preemption.requested(device)):
+        if preemption is not None and epoch + 1 < int(tc["epochs"]) and (signum := preemption.requested()):
             preemption.exit(signum)  # asked during evaluation: the epoch's checkpoint is the one to resume from
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())

@@ -90,3 +90,26 @@ def test_a_finished_run_is_skipped_without_touching_its_files(tmp_path, capsys):
     assert run(tmp_path, "train.epochs=1") == first
     assert f"{tmp_path}/summary.json is finished" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def _agree(rank, world, init_file, results):
+    import signal as sig
+    import torch.distributed as dist
+    from dimap.training.cluster import Preemption
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    with Preemption() as preemption:
+        before = preemption.requested()
+        if rank == 1:
+            os.kill(os.getpid(), sig.SIGUSR1)  # Slurm may reach one task before the others
+        after = preemption.requested()
+    results[rank] = (before, after)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_signal_caught_by_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    import signal as sig
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_agree, args=(2, tmp_path / "init", results), nprocs=2)
+    assert dict(results) == {0: (0, sig.SIGUSR1), 1: (0, sig.SIGUSR1)}
