@@ -12,13 +12,11 @@ import signal
 import socket
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
 
 from hydra.experimental.callback import Callback
 
 from dimap.errors import UserError
-from dimap.training.distributed import barrier, broadcast_object, is_main
+from dimap.training.distributed import barrier, broadcast_object, cpu_group, is_main, max_over_ranks
 
 LOCK = ".lock"
 
@@ -144,8 +142,7 @@ class Preemption:
         self.signum, self.previous, self.group = 0, {}, None
 
     def __enter__(self):
-        if dist.is_available() and dist.is_initialized():  # every rank enters (a collective call)
-            self.group = dist.new_group(backend="gloo")
+        self.group = cpu_group()  # every rank enters (a collective call)
         for s in self.SIGNALS:
             self.previous[s] = signal.signal(s, self._note)
         return self
@@ -161,10 +158,7 @@ class Preemption:
 
     def requested(self) -> int:
         """The signal any rank caught (0: none), the same on every rank (an all-reduce: call it on all)."""
-        flag = torch.tensor([self.signum], dtype=torch.int32)
-        if self.group is not None:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        return int(flag.item())
+        return max_over_ranks(self.signum, self.group)
 
     def exit(self, signum: int) -> None:
         """After the checkpoint: under submitit, its own handler for this signal requeues the job (rank 0: it runs

@@ -112,6 +112,20 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, dist.ReduceOp.MAX)
 
 
+def cpu_group():
+    """A gloo group over all ranks for small control values kept on the CPU (no GPU synchronisation), or None
+    without a process group. A collective call: every rank makes it, in the same order."""
+    return dist.new_group(backend="gloo") if is_dist() else None
+
+
+def max_over_ranks(value: int, group) -> int:
+    """The largest `value` of all ranks, through `group` (from cpu_group); `value` itself without one."""
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    if group is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
 def all_gather_object(obj) -> list:
     """`obj` of every rank, in rank order. Under NCCL torch pickles through this process's current GPU, which
     init_distributed set (torch.cuda.set_device), so objects holding CPU tensors are fine."""

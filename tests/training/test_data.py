@@ -165,7 +165,7 @@ def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path, capfd, 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_past_max_bad_images_the_run_stops_with_one_sentence(tmp_path, workers):
-    from dimap.training.data import TooManyBadImages
+    from dimap.training.image_folder import TooManyBadImages
     cfg = {**folder_cfg(corrupt_folder(tmp_path)), "max_bad_images": 2}
     train = build_loaders(cfg, batch_size=5, eval_batch_size=4, num_workers=workers)[0]
     with pytest.raises(TooManyBadImages) as e:
