@@ -11,10 +11,10 @@ from dimap.pruning.accounting import account, flops_by_module
 from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
 from dimap.pruning.masks import FixedMask, apply_masks, compute_masks, mask_checksum, masks_from_state_dict
-from dimap.pruning.modules import module_of, prunable_weights
+from dimap.pruning.modules import module_map, prunable_weights
 from dimap.pruning.pruned_file import read_pruned, save_pruned
 from dimap.pruning.scores import dimap_scores
 
 __all__ = ["account", "flops_by_module", "CRITERIA", "UserError", "FixedMask", "apply_masks", "compute_masks",
-           "mask_checksum", "masks_from_state_dict", "module_of", "prunable_weights", "read_pruned",
+           "mask_checksum", "masks_from_state_dict", "module_map", "prunable_weights", "read_pruned",
            "save_pruned", "dimap_scores"]

@@ -1,18 +1,35 @@
-"""Build timm Swin models and load their dense weights: a timm hub tag, a local file, or random init."""
+"""Build timm vision transformers and load their dense weights: a timm hub tag, a local file, or random init.
+
+FasterViT comes from NVIDIA's optional `fastervit` package, which registers its models with timm on import.
+"""
+import importlib
 import os
 import socket
 from pathlib import Path
 
 import timm
 import torch
-from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import nn
 
 from dimap.errors import UserError
 
 
+OPTIONAL_PACKAGES = {"faster_vit_": "fastervit"}  # model name prefix -> the package that registers it
+
+
+def _import_registering_package(name: str) -> None:
+    for prefix, package in OPTIONAL_PACKAGES.items():
+        if name.startswith(prefix):
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise UserError(f"model.name={name!r} needs the optional package {package!r}: "
+                                f"pip install {package}==1.0.0 (see requirements.txt)") from None
+
+
 def create_model(name: str, kwargs: dict | None = None, drop_path_rate: float = 0.0) -> nn.Module:
     """A randomly initialised timm model; `kwargs` override the architecture (used by the demo's nano Swin)."""
+    _import_registering_package(name)
     try:
         return timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, **dict(kwargs or {}))
     except (RuntimeError, ValueError, TypeError) as e:  # unknown name or bad architecture argument
@@ -44,10 +61,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def checkpoint_filter(model: nn.Module):
+    """The checkpoint filter of the model's own timm module (official layouts -> timm, e.g. Microsoft's Swin or
+    the original PVT-v2 and Hiera files; a timm state dict passes through), or none if the module has none."""
+    module = importlib.import_module(type(model).__module__)
+    return getattr(module, "checkpoint_filter_fn", lambda state_dict, model: state_dict)
+
+
 def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str, model_name: str) -> None:
-    """Load strictly through timm's Swin filter (official Microsoft layout -> timm); mismatch -> UserError."""
+    """Load strictly through the model's own timm checkpoint filter; mismatch -> UserError."""
     try:
-        model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+        model.load_state_dict(checkpoint_filter(model)(sd, model), strict=True)
     except Exception as e:
         first = str(e).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0] if first else type(e).__name__
@@ -77,6 +101,9 @@ def _hub_cached(pretrained_cfg) -> bool:
 def load_hub_weights(model: nn.Module, name: str, tag: str) -> None:
     """timm's pretrained weights for `name.tag`; fails fast, in one sentence, when they cannot be had offline."""
     full = f"{name}.{tag}" if tag else name
+    if any(name.startswith(prefix) for prefix in OPTIONAL_PACKAGES):
+        raise UserError(f"{name} has no timm hub weights: download its checkpoint from the package's release "
+                        "page and pass model.weights=PATH")
     cfg = timm.models.get_pretrained_cfg(full)
     if cfg is None:
         raise UserError(f"timm has no pretrained tag {full!r}: set model.hub_tag (e.g. ms_in1k) or model.weights=PATH")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_masks import ROOT, build_model, model_input, record  # noqa: E402
 
 from dimap.pruning.masks import apply_masks, compute_masks  # noqa: E402
-from dimap.pruning.modules import PRUNABLE_MODULES, module_of  # noqa: E402
+from dimap.pruning.modules import PRUNABLE_MODULES, module_map  # noqa: E402
 from dimap.report import write_json  # noqa: E402
 
 
@@ -88,14 +88,14 @@ def two_four_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def two_four_report(model: nn.Module, masks: dict) -> dict:
     """DIMAP-kept weights that a 2:4 projection drops, per module and in total."""
-    params = dict(model.named_parameters())
+    params, module_of = dict(model.named_parameters()), module_map(model)
     rows = {m: {"kept": 0, "dropped": 0, "kept_sq": 0.0, "dropped_sq": 0.0} for m in PRUNABLE_MODULES}
     for name, mask in masks.items():
         w = params[name].detach().cpu()
         m = mask.cpu()
         dropped = m & ~two_four_mask(w, m)
         sq = w.double().square()
-        row = rows[module_of(name)]
+        row = rows[module_of[name]]
         row["kept"] += int(m.sum())
         row["dropped"] += int(dropped.sum())
         row["kept_sq"] += float(sq[m].sum())

@@ -13,7 +13,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from dimap.pruning.modules import PRUNABLE_MODULES, module_of
+from dimap.pruning.modules import PRUNABLE_MODULES, module_map
 
 
 @contextlib.contextmanager
@@ -56,8 +56,9 @@ def account(model: nn.Module, masks: dict[str, torch.Tensor], img_size: int, in_
     flops = flops if flops is not None else flops_by_module(model, img_size, in_chans)
     params_total = sum(p.numel() for p in model.parameters())
     layers, modules = [], {m: {"weights": 0, "kept": 0, "flops": 0} for m in PRUNABLE_MODULES}
+    module_of = module_map(model)
     for name, mask in masks.items():
-        module = module_of(name)
+        module = module_of[name]
         numel, kept = mask.numel(), int(mask.sum())
         layer_flops = int(flops[name.removesuffix(".weight")])
         layers.append({"name": name, "module": module, "weights": numel, "kept": kept,

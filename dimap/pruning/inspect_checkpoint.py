@@ -10,12 +10,12 @@ from torch import nn
 
 from dimap.pruning.masks import compute_masks, masks_from_state_dict
 from dimap.models import build_model
-from dimap.pruning.modules import PRUNABLE_MODULES, module_of
+from dimap.pruning.modules import PRUNABLE_MODULES, module_map
 
 
 def checkpoint_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Masks of a model loaded from a pruned checkpoint: a prunable weight is pruned iff it is exactly zero."""
-    return masks_from_state_dict(dict(model.named_parameters()))
+    return masks_from_state_dict(dict(model.named_parameters()), model)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -30,11 +30,12 @@ def _ratios(c: dict) -> dict:
             "kept_fraction_ours": c["kept_b"] / c["bits"]}
 
 
-def compare_masks(checkpoint: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict:
+def compare_masks(checkpoint: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], module: dict[str, str]) -> dict:
     """How far two mask sets agree, overall, per module and per layer.
 
     iou_kept = |kept in both| / |kept in either| (1.0 = the same weights survive); same_bits = share of mask bits
     that are equal (pruned-pruned counts too); kept fractions of each side show a different split across modules.
+    `module` is the models' module map (`dimap.pruning.modules.module_map`).
     """
     if set(checkpoint) != set(ours):
         missing = sorted(set(checkpoint) ^ set(ours))
@@ -42,7 +43,7 @@ def compare_masks(checkpoint: dict[str, torch.Tensor], ours: dict[str, torch.Ten
     layers = {n: _overlap(checkpoint[n].bool(), ours[n].bool()) for n in checkpoint}
     totals = {m: dict.fromkeys(next(iter(layers.values())), 0) for m in ("all", *PRUNABLE_MODULES)}
     for name, c in layers.items():
-        for key in ("all", module_of(name)):
+        for key in ("all", module[name]):
             for k, v in c.items():
                 totals[key][k] += v
     return {"overall": _ratios(totals["all"]),
@@ -65,5 +66,5 @@ def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compar
     dense = build_model({**model_cfg, "weights": str(compare_dense)}).eval()
     ours = compute_masks(dense, compare_method, removed)
     comparison = {"dense_weights": str(compare_dense), "method": compare_method, "ratio": removed,
-                  **compare_masks(masks, ours)}
+                  **compare_masks(masks, ours, module_map(model))}
     return model, masks, comparison

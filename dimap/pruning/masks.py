@@ -10,7 +10,7 @@ from torch import nn
 
 from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
-from dimap.pruning.modules import AUX, module_of, prunable_weights
+from dimap.pruning.modules import module_map, prunable_weights
 
 
 def check_ratio(ratio) -> float:
@@ -100,17 +100,19 @@ class FixedMask:
         return int(sum(((f == 0) & (p != 0)).sum() for p, f in zip(self.params, self.factors)))
 
 
-def masks_from_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Recover masks from a pruned state dict: a prunable weight is pruned iff it is exactly zero.
+def masks_from_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Recover masks from a pruned state dict of `model`'s architecture: a prunable weight is pruned iff it is
+    exactly zero (`model` says which weights are prunable; a model on the meta device is enough).
 
     Exact for DIMAP-pruned files (pruned weights are stored as 0.0); a pretrained weight that is exactly 0.0
     would read as pruned, which does not happen in the timm or official Swin checkpoints. prune.py also writes
     the masks themselves (masks.safetensors) for an exact copy.
     """
-    masks = {n: t != 0 for n, t in state_dict.items() if module_of(n) != AUX}
-    if not masks:
-        raise UserError("this state dict holds no Swin prunable weights: pass a Swin checkpoint")
-    return masks
+    missing = [n for n in module_map(model) if n not in state_dict]
+    if missing:
+        raise UserError(f"this state dict lacks the prunable weight {missing[0]!r} of {type(model).__name__}: "
+                        "pass a checkpoint of this architecture")
+    return {n: state_dict[n] != 0 for n in module_map(model)}
 
 
 def mask_checksum(masks: dict[str, torch.Tensor]) -> str:

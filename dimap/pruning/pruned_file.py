@@ -34,7 +34,8 @@ def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_dir: str |
 def read_pruned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(state_dict, masks, meta) from a model.safetensors written by `save_pruned`.
 
-    Masks come from masks.safetensors beside it when present, else from the zeros of the weights.
+    Masks come from masks.safetensors beside it when present, else from the zeros of the prunable weights
+    (the architecture named in the metadata says which weights those are).
     """
     path = Path(path)
     try:
@@ -45,5 +46,13 @@ def read_pruned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is not a readable pruned model ({e}): write it again with prune.py") from None
     mask_file = path.with_name("masks.safetensors")
-    masks = load_file(str(mask_file)) if mask_file.is_file() else masks_from_state_dict(state)
+    if mask_file.is_file():
+        return state, load_file(str(mask_file)), meta
+    if "model" not in meta:
+        raise UserError(f"{path} names no architecture in its metadata and has no masks.safetensors beside it: "
+                        "use masks_from_state_dict(state_dict, model) with the model it belongs to")
+    from dimap.models import create_model
+    with torch.device("meta"):  # only the architecture is needed to know which weights are prunable
+        architecture = create_model(meta["model"], meta.get("kwargs"))
+    masks = masks_from_state_dict(state, architecture)
     return state, masks, meta

@@ -6,7 +6,7 @@ from torch.nn.utils import prune as torch_prune
 
 from dimap import compute_masks, prunable_weights
 from dimap.pruning.criteria import n_removed
-from dimap.pruning.modules import AUX, MLP, PRJ, QKV, module_of, modules_of
+from dimap.pruning.modules import MLP, PRJ, QKV, module_map, modules_of
 from tests.conftest import make_tiny_swin
 
 RATIOS = [0.0, 0.15, 0.55, 0.9]
@@ -35,21 +35,22 @@ def model():
 
 def test_module_map_matches_spec(model):
     names = [n for n, _ in model.named_parameters()]
-    assert module_of("layers.2.blocks.5.attn.qkv.weight") == QKV
-    assert module_of("module.layers.0.blocks.0.mlp.fc2.weight") == MLP
+    modules = module_map(model)
+    assert modules["layers.2.blocks.1.attn.qkv.weight"] == QKV
+    assert modules["layers.0.blocks.0.mlp.fc2.weight"] == MLP
     for n in ("layers.0.blocks.0.attn.qkv.bias", "layers.1.downsample.reduction.weight", "head.fc.weight",
               "patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table", "norm.weight",
               "layers.0.blocks.0.norm1.weight"):
-        assert module_of(n) == AUX
+        assert n in names and n not in modules
     groups = modules_of(prunable_weights(model))
     blocks = 1 + 1 + 2 + 1
     assert [len(groups[QKV]), len(groups[PRJ]), len(groups[MLP])] == [blocks, blocks, 2 * blocks]
-    assert set(prunable_weights(model)) == {n for n in names if module_of(n) != AUX}
+    assert list(prunable_weights(model)) == [n for n in names if n in modules]
 
 
 def test_no_prunable_layers_is_a_user_error():
     from dimap import UserError
-    with pytest.raises(UserError, match="no prunable layers"):
+    with pytest.raises(UserError, match="no attention and MLP blocks"):
         compute_masks(torch.nn.Linear(4, 4), "dimap", 0.5)
 
 
@@ -107,7 +108,7 @@ def test_masks_cover_exactly_the_prunable_set_and_are_deterministic(model, metho
 
 def test_dimap_prunes_the_same_share_in_each_module_but_not_each_layer(model):
     masks = compute_masks(model, "dimap", 0.55)
-    groups = modules_of(masks)
+    groups = modules_of(masks, module_map(model))
     for names in groups.values():
         kept = sum(int(masks[n].sum()) for n in names)
         size = sum(masks[n].numel() for n in names)
@@ -118,7 +119,9 @@ def test_dimap_prunes_the_same_share_in_each_module_but_not_each_layer(model):
 
 def test_ties_and_zeros_are_deterministic():
     from dimap.pruning.criteria import dimap as dimap_criterion
-    w = {"layers.0.blocks.0.attn.qkv.weight": torch.tensor([[1.0, 1.0, 0.0, 0.0], [2.0, -2.0, 1.0, 0.5]])}
+    from dimap.pruning.modules import PrunableWeights
+    name = "layers.0.blocks.0.attn.qkv.weight"
+    w = PrunableWeights({name: torch.tensor([[1.0, 1.0, 0.0, 0.0], [2.0, -2.0, 1.0, 0.5]])}, {name: QKV})
     m = dimap_criterion(w, 0.5)["layers.0.blocks.0.attn.qkv.weight"]
     # four removed: both zeros, then the 0.5, then the last of the three tied 1.0s (lowest Eq. 10 score)
     assert m.tolist() == [[True, True, False, False], [True, True, False, False]]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dimap.pruning import criteria, reference, scores
-from dimap.pruning.modules import prunable_weights
+from dimap.pruning.modules import MLP, PRJ, QKV, PrunableWeights, prunable_weights
 from tests.conftest import make_tiny_swin
 
 RATIOS = [0.0, 0.15, 0.5, 0.55, 0.9, 0.99]
@@ -12,14 +12,14 @@ KINDS = ["qkv", "proj", "fc1", "fc2"]
 
 
 def layers(shapes, fill, seed=0):
-    """A dict of Swin-named weights (modules interleaved like a real network) filled by fill(generator, shape)."""
+    """Swin-named weights (modules interleaved like a real network) filled by fill(generator, shape)."""
     g = torch.Generator().manual_seed(seed)
-    out = {}
+    out, module = {}, {}
     for i, shape in enumerate(shapes):
         kind = KINDS[i % 4]
-        out[f"layers.{i // 8}.blocks.{i // 4 % 2}.{'attn' if kind in ('qkv', 'proj') else 'mlp'}.{kind}.weight"] = \
-            fill(g, shape)
-    return out
+        name = f"layers.{i // 8}.blocks.{i // 4 % 2}.{'attn' if kind in ('qkv', 'proj') else 'mlp'}.{kind}.weight"
+        out[name], module[name] = fill(g, shape), {"qkv": QKV, "proj": PRJ}.get(kind, MLP)
+    return PrunableWeights(out, module)
 
 
 SHAPES = [(48, 16), (16, 16), (64, 16), (16, 64), (96, 32), (32, 32), (1, 1), (32, 128), (7, 3), (5,)]

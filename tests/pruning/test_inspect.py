@@ -11,7 +11,7 @@ from omegaconf import open_dict
 import prune
 from dimap.pruning.inspect_checkpoint import compare_masks
 from dimap.pruning.masks import apply_masks, compute_masks
-from dimap.pruning.modules import AUX, module_of, prunable_weights
+from dimap.pruning.modules import PRUNABLE_MODULES, prunable_weights
 from tests.conftest import make_tiny_swin
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -62,7 +62,7 @@ def test_inspect_reports_ratio_and_full_overlap(checkpoints, tmp_path):
     assert all(m["kept_fraction"] == 1 - RATIO for m in on_disk["modules"].values())
     # masks keyed by timm names after the checkpoint filter, exactly the prunable weights
     assert [l["name"] for l in on_disk["layers"]] == list(true_masks)
-    assert all(module_of(l["name"]) != AUX for l in on_disk["layers"])
+    assert all(l["module"] in PRUNABLE_MODULES for l in on_disk["layers"])
     comp = on_disk["compare"]
     assert comp["method"] == "dimap" and comp["ratio"] == RATIO
     assert comp["overall"]["iou_kept"] == 1.0 and comp["overall"]["same_bits"] == 1.0
@@ -89,7 +89,7 @@ def test_inspect_without_comparison_and_needs_a_file(checkpoints, tmp_path):
 def test_compare_masks_counts():
     a = {"layers.0.blocks.0.attn.qkv.weight": torch.tensor([True, True, False, False])}
     b = {"layers.0.blocks.0.attn.qkv.weight": torch.tensor([True, False, True, False])}
-    c = compare_masks(a, b)
+    c = compare_masks(a, b, {"layers.0.blocks.0.attn.qkv.weight": "QKV-M"})
     assert c["overall"]["iou_kept"] == pytest.approx(1 / 3) and c["overall"]["same_bits"] == 0.5
     assert c["modules"]["QKV-M"]["kept_fraction_ours"] == 0.5
 

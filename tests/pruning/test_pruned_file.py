@@ -21,7 +21,7 @@ def test_round_trip_gives_identical_logits_and_masks(tmp_path):
     state, loaded_masks, meta = read_pruned(tmp_path / "model.safetensors")
     assert meta["ratio"] == 0.55
     assert all(torch.equal(loaded_masks[n], masks[n]) for n in masks) and set(loaded_masks) == set(masks)
-    from_zeros = masks_from_state_dict(state)
+    from_zeros = masks_from_state_dict(state, make_tiny_swin())
     assert all(torch.equal(from_zeros[n], masks[n]) for n in masks)
     removed = sum(int((~m).sum()) for m in masks.values())
     assert sum(int((state[n] == 0).sum()) for n in masks) == removed
@@ -32,7 +32,7 @@ def test_masks_recovered_without_the_mask_file(tmp_path):
     model = make_tiny_swin(seed=6)
     masks = compute_masks(model, "uniform", 0.3)
     apply_masks(model, masks)
-    save_pruned(model, masks, tmp_path, {})
+    save_pruned(model, masks, tmp_path, {"model": "swin_tiny_patch4_window7_224", "kwargs": TINY_SWIN})
     (tmp_path / "masks.safetensors").unlink()
     _, loaded, _ = read_pruned(tmp_path / "model.safetensors")
     assert all(torch.equal(loaded[n], masks[n]) for n in masks)
