@@ -16,17 +16,24 @@ from torch import nn
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map
 
 
+# timm's per-module switches, and the value that makes every FLOP visible to fvcore, layer by layer:
+# fvcore does not count scaled_dot_product_attention (fused_attn=False: timm's explicit attention), and SwinV2
+# calls F.linear with its qkv weight when it has q/v biases, which hides that layer from a per-module count
+# (qkv_bias_separate=True: it calls its qkv module and adds the bias after).
+COUNTABLE = {"fused_attn": False, "qkv_bias_separate": True}
+
+
 @contextlib.contextmanager
 def unfused_attention(model: nn.Module):
-    """fvcore does not count scaled_dot_product_attention: use timm's explicit attention while counting."""
-    fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
-    for m, _ in fused:
-        m.fused_attn = False
+    """Set timm's switches to COUNTABLE while counting, and back after."""
+    saved = [(m, k, getattr(m, k)) for m in model.modules() for k in COUNTABLE if hasattr(m, k)]
+    for m, k, _ in saved:
+        setattr(m, k, COUNTABLE[k])
     try:
         yield
     finally:
-        for m, flag in fused:
-            m.fused_attn = flag
+        for m, k, value in saved:
+            setattr(m, k, value)
 
 
 @torch.no_grad()

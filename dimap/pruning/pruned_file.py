@@ -21,7 +21,13 @@ def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_dir: str |
     goes into the model file's metadata. Each file is written to a temporary name first, then renamed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu").contiguous()
+        if v.untyped_storage().data_ptr() in seen:  # safetensors refuses tied tensors (FasterViT's pos_embed)
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        state[k] = v
     metadata = {"dimap": json.dumps(meta, default=str)}
     for fname, tensors, md in (("model.safetensors", state, metadata),
                                ("masks.safetensors", {k: v.cpu().contiguous() for k, v in masks.items()}, None)):
@@ -52,7 +58,10 @@ def read_pruned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, to
         raise UserError(f"{path} names no architecture in its metadata and has no masks.safetensors beside it: "
                         "use masks_from_state_dict(state_dict, model) with the model it belongs to")
     from dimap.models import create_model
-    with torch.device("meta"):  # only the architecture is needed to know which weights are prunable
+    try:
+        with torch.device("meta"):  # only the architecture is needed to know which weights are prunable
+            architecture = create_model(meta["model"], meta.get("kwargs"))
+    except UserError:  # a model whose constructor computes on its tensors (FasterViT): build it for real
         architecture = create_model(meta["model"], meta.get("kwargs"))
     masks = masks_from_state_dict(state, architecture)
     return state, masks, meta
