@@ -9,6 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import prune  # noqa: E402
+from tests.families import FAMILIES, family_params  # noqa: E402
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -77,3 +81,32 @@ def test_output_dir_of_a_different_finished_run_is_refused(tmp_path, capsys):
     assert "different config" in capsys.readouterr().err
     assert json.loads((tmp_path / "summary.json").read_text())["ratio"] == 0.3
     assert json.loads(before)["config"] == json.loads((tmp_path / "summary.json").read_text())["config"]
+
+
+def _kwargs_overrides(kwargs: dict) -> list[str]:
+    """+model.kwargs.KEY=VALUE for Hydra's command line (the family configs have empty kwargs)."""
+    def value(v):
+        return "[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v)
+    return [f"+model.kwargs.{k}={value(v)}" for k, v in kwargs.items()]
+
+
+@pytest.mark.parametrize("family", family_params())
+def test_prune_every_family_with_its_config(family, tmp_path):
+    """`prune.py model=<family> prune=dimap prune.ratio=0.55 model.weights=random` at test size, in process."""
+    kwargs, img_size, layer_counts = FAMILIES[family]
+    cfg = compose_prune(f"model={family}", "prune=dimap", "prune.ratio=0.55", "model.weights=random", "plot=false",
+                        *_kwargs_overrides(kwargs), f"model.img_size={img_size}", f"output_dir={tmp_path}")
+    s = prune.run(cfg)
+    assert s["model"] == cfg.model.name and (tmp_path / "model.safetensors").is_file()
+    assert [sum(l["module"] == m for l in s["layers"]) for m in ("QKV-M", "PRJ-M", "MLP-M")] == \
+        list(layer_counts(kwargs))
+    assert all(abs(m["kept_fraction"] - 0.45) < 2e-3 for m in s["modules"].values())
+    assert s["flops_sparse"] < s["flops_dense"] and s["flops_paper"] < s["flops_dense"]
+
+
+def test_fastervit_without_its_package_is_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastervit", None)  # what an environment without the package sees
+    from dimap.models import create_model
+    from dimap.errors import UserError
+    with pytest.raises(UserError, match=r"needs the optional package 'fastervit': pip install fastervit==1.0.0"):
+        create_model("faster_vit_0_224")

@@ -185,3 +185,18 @@ def test_recipe_switches_run_together_and_keep_the_mask(tmp_path):
     assert all(torch.all(sd[n][~m] == 0) for n, m in masks.items())
     ema = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["ema"]
     assert all(torch.equal(sd[k], ema[k]) for k in sd)  # the EMA weights are the ones evaluated and saved
+
+
+def test_finetunes_a_nano_vit_on_the_demo_data(tmp_path):
+    """A non-Swin family through the same train.py: prune, one short epoch with the mask fixed, evaluate."""
+    out = tmp_path / "vit"
+    vit = [f"output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", "model=vit_nano", "model.kwargs.embed_dim=16",
+           "model.kwargs.depth=2", "model.kwargs.num_heads=2", *TINY[4:]]  # TINY[4:]: the data/train/logger shrink
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        s = train.run(compose("train", overrides=[*vit, "train.epochs=1", "prune.ratio=0.55"]))
+    assert s["model"] == "vit_small_patch16_224" and s["epochs"] == 1 and s["val_images"] == 100
+    assert [sum(l["module"] == m for l in s["layers"]) for m in ("QKV-M", "PRJ-M", "MLP-M")] == [2, 2, 4]
+    sd, masks = weights(out), load_file(str(out / "masks.safetensors"))
+    assert mask_checksum(masks) == s["mask_checksum"] and set(masks) == {l["name"] for l in s["layers"]}
+    for name, m in masks.items():
+        assert torch.all(sd[name][~m] == 0) and torch.all(sd[name][m] != 0), name
