@@ -1,6 +1,8 @@
-"""The shape of the paper's Tables 3 and 4 on the embedded demo (nano Swin, mnist5k), on CPU, over dense seeds.
+"""The shape of the paper's Tables 3 and 4 on the embedded demo (mnist5k), on CPU, over dense seeds, for the
+hierarchical nano Swin or the isotropic nano ViT (same data, criteria, seeds and recipe).
 
-    python scripts/replicate_demo.py --threads 1          # 3 dense seeds; writes results/demo/
+    python scripts/replicate_demo.py --threads 1                    # nano Swin, 3 dense seeds; results/demo/
+    python scripts/replicate_demo.py --threads 1 --model vit_nano   # nano ViT alone; results/demo/vit_nano/
     python scripts/replicate_demo.py --seeds 0 --dense-epochs 1 --shares 50 --finetune-epochs 1 \
         --out /tmp/demo train.max_steps_per_epoch=2 data.val_size=100       # a smoke run
 
@@ -46,7 +48,9 @@ from dimap.training.recipe import resolve_batches  # noqa: E402
 CRITERIA = ("uniform", "dimap", "single_module", "global_magnitude")
 COLORS = {"dimap": "tab:red", "single_module": "tab:orange", "global_magnitude": "tab:blue", "uniform": "tab:gray"}
 MARKERS = {"dimap": "o", "single_module": "^", "global_magnitude": "v", "uniform": "s"}
-FIELDS = ("table", "seed", "criterion", "share_removed_pct", "ratio", "params_total", "prunable_weights",
+MODELS = {"swin_nano": "", "vit_nano": "vit_nano"}  # conf/model file -> its subfolder of RESULTS
+RESULTS = ROOT / "results" / "demo"
+FIELDS = ("model", "table", "seed", "criterion", "share_removed_pct", "ratio", "params_total", "prunable_weights",
           "params_nonzero", "params_removed_pct", "top1", "top5", "finetuned", "finetune_epochs", "dense_top1",
           "dense_top5", "dense_steps")
 
@@ -54,7 +58,8 @@ FIELDS = ("table", "seed", "criterion", "share_removed_pct", "ratio", "params_to
 def compose(seed: int, args) -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    overrides = [f"experiment={args.experiment}", f"seed={seed}", f"paths.cache_dir={args.cache_dir}"]
+    overrides = [f"experiment={args.experiment}", f"model={args.model}", f"seed={seed}",
+                 f"paths.cache_dir={args.cache_dir}"]
     if args.dense_epochs is not None:
         overrides.append(f"pretrain.epochs={args.dense_epochs}")
     if args.finetune_epochs is not None:
@@ -100,7 +105,7 @@ def run_seed(seed: int, args, device, log) -> tuple[list[dict], dict]:
     params_total = sum(p.numel() for p in model.parameters())
     prunable = sum(p.numel() for p in prunable_weights(model).values())
     flops = {n: 0 for n, _ in model.named_modules()}  # params only: account() needs a FLOPs entry per layer
-    base = dict(seed=seed, params_total=params_total, prunable_weights=prunable, dense_top1=pre["top1"],
+    base = dict(model=args.model, seed=seed, params_total=params_total, prunable_weights=prunable, dense_top1=pre["top1"],
                 dense_top5=pre["top5"], dense_steps=dense["dense_steps"])
 
     def row(table, method, share, ratio, masks, ev, finetuned, epochs=0):
@@ -148,7 +153,10 @@ def pick(rows, **want) -> list[dict]:
 def summary_markdown(rows: list[dict], denses: list[dict], skipped: list[float]) -> str:
     seeds = sorted({d["seed"] for d in denses})
     n_val = denses[0]["config"]["data"].get("val_size")
-    lines = [f"Top-1 (%) on the {n_val} {denses[0]['config']['data']['name']} validation images, over {len(seeds)} "
+    model = denses[0]["config"]["model"]
+    lines = [f"Model: {model['short']} ({model['name']} with {model['kwargs']}), {denses[0]['params_total']:,} "
+             f"parameters, {denses[0]['prunable_weights']:,} of them prunable.", "",
+             f"Top-1 (%) on the {n_val} {denses[0]['config']['data']['name']} validation images, over {len(seeds)} "
              f"dense seed(s) {seeds}: "
              "mean ± std [min, max] (one value when there is one seed).", "",
              f"Dense models: top-1 {spread([d['dense_top1'] for d in denses])}, "
@@ -266,11 +274,14 @@ def main(argv=None) -> dict:
                    help="Table 4 per-module ratios: 0.55 is DIMAP3; 0.925 (85%% removed) is where this model degrades")
     p.add_argument("--finetune-epochs", type=int, help="finetuning epochs (default: train/demo.yaml's, 2)")
     p.add_argument("--experiment", default="demo_replication")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
+    p.add_argument("--model", default="swin_nano", choices=MODELS,
+                   help="conf/model file: the hierarchical nano Swin or the isotropic nano ViT")
+    p.add_argument("--out", type=Path, help="default: results/demo, or results/demo/vit_nano for --model vit_nano")
     p.add_argument("--cache-dir", default=os.environ.get("DIMAP_CACHE", str(ROOT / ".cache" / "dimap")))
     p.add_argument("--threads", type=int, help="torch CPU threads (on a busy shared machine 1 can be faster)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every seed, e.g. data.val_size=100")
     args = p.parse_args(argv)
+    args.out = args.out or RESULTS / MODELS[args.model]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

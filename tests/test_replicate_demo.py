@@ -61,3 +61,16 @@ def test_tiny_run_writes_rows_summary_and_plot(replicate, tmp_path):
                             "model.kwargs.depths=[1,1,1,1]"])
     assert again["dense"][0]["cached"]  # the dense model comes from the cache the first run wrote
     assert again["rows"][0]["top1"] == float(rows[1]["top1"])  # same dense weights, same masks, same accuracy
+
+
+def test_the_nano_vit_runs_alone_into_its_own_folder(replicate, tmp_path, monkeypatch):
+    monkeypatch.setattr(replicate, "RESULTS", tmp_path / "demo")  # the default --out is RESULTS/vit_nano
+    meta = replicate.main([
+        "--model", "vit_nano", "--seeds", "0", "--dense-epochs", "1", "--shares", "50", "--criteria", "uniform",
+        "dimap", "--finetune-criteria", "--cache-dir", str(tmp_path / "cache"), "--threads", "1",
+        "train.max_steps_per_epoch=2", "data.val_size=100", "model.kwargs.embed_dim=16", "model.kwargs.depth=2"])
+    out = tmp_path / "demo" / "vit_nano"
+    rows = list(csv.DictReader(open(out / "rows.csv")))
+    assert [(r["model"], r["criterion"]) for r in rows] == [("vit_nano", "uniform"), ("vit_nano", "dimap")]
+    assert meta["dense"][0]["config"]["model"]["short"] == "vit_nano"
+    assert "Model: vit_nano" in (out / "summary.md").read_text()

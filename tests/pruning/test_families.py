@@ -132,3 +132,9 @@ def test_local_weights_load_through_the_family_checkpoint_filter(family, tmp_pat
     target = create_model(cfg["name"], cfg["kwargs"])
     load_dense_weights(target, str(tmp_path / "w.safetensors"), cfg["name"])
     assert all(torch.equal(p, source.state_dict()[n]) for n, p in target.state_dict().items())
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not f.startswith("fastervit")])
+def test_each_family_config_names_an_existing_timm_hub_tag(family):
+    cfg = OmegaConf.load(CONF.format(family))
+    assert f"{cfg.name}.{cfg.hub_tag}" in timm.list_pretrained(cfg.name + "*")
