@@ -138,3 +138,14 @@ def test_local_weights_load_through_the_family_checkpoint_filter(family, tmp_pat
 def test_each_family_config_names_an_existing_timm_hub_tag(family):
     cfg = OmegaConf.load(CONF.format(family))
     assert f"{cfg.name}.{cfg.hub_tag}" in timm.list_pretrained(cfg.name + "*")
+
+
+def test_vit_weights_of_another_resolution_go_through_vits_own_filter(tmp_path):
+    """timm's ViT filter resamples pos_embed to the model's grid: a 32 px file loads into a 48 px ViT."""
+    cfg = model_cfg("vit_s")
+    source = tiny("vit_s")
+    save_file({k: v.clone() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    target = create_model(cfg["name"], {**cfg["kwargs"], "img_size": 48})
+    load_dense_weights(target, str(tmp_path / "w.safetensors"), cfg["name"])
+    assert target.pos_embed.shape[1] == 1 + 36 and torch.equal(target.blocks[0].attn.qkv.weight,
+                                                               source.blocks[0].attn.qkv.weight)
