@@ -1,4 +1,5 @@
-"""One-shot, data-free pruning of a dense Swin with parameter and FLOP accounting.
+"""One-shot, data-free pruning of a dense Swin (or another supported timm vision transformer) with parameter and FLOP
+accounting.
 
     python prune.py model=swin_b prune=dimap prune.ratio=0.55 output_dir=DIR
 

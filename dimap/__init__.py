@@ -1,4 +1,4 @@
-"""dimap: Data-independent Module-aware Pruning (He & Zhou, ICLR 2024) for timm Swin Transformers.
+"""dimap: Data-independent Module-aware Pruning (He & Zhou, ICLR 2024) for timm Swin and other vision transformers.
 
 Importable without Hydra:
 
