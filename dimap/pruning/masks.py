@@ -108,11 +108,12 @@ def masks_from_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module)
     would read as pruned, which does not happen in the timm or official Swin checkpoints. prune.py also writes
     the masks themselves (masks.safetensors) for an exact copy.
     """
-    missing = [n for n in module_map(model) if n not in state_dict]
+    prunable = module_map(model)
+    missing = [n for n in prunable if n not in state_dict]
     if missing:
         raise UserError(f"this state dict lacks the prunable weight {missing[0]!r} of {type(model).__name__}: "
                         "pass a checkpoint of this architecture")
-    return {n: state_dict[n] != 0 for n in module_map(model)}
+    return {n: state_dict[n] != 0 for n in prunable}
 
 
 def mask_checksum(masks: dict[str, torch.Tensor]) -> str:

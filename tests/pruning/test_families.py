@@ -149,3 +149,9 @@ def test_vit_weights_of_another_resolution_go_through_vits_own_filter(tmp_path):
     load_dense_weights(target, str(tmp_path / "w.safetensors"), cfg["name"])
     assert target.pos_embed.shape[1] == 1 + 36 and torch.equal(target.blocks[0].attn.qkv.weight,
                                                                source.blocks[0].attn.qkv.weight)
+
+
+def test_masks_from_a_state_dict_of_another_architecture_is_one_sentence():
+    from dimap import UserError
+    with pytest.raises(UserError, match=r"lacks the prunable weight 'blocks.0.attn.qkv.weight' .*this architecture"):
+        masks_from_state_dict(tiny("swinv2_t").state_dict(), tiny("vit_s"))
