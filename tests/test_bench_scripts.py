@@ -27,12 +27,17 @@ def read_record(path: Path) -> dict:
 
 def test_bench_masks(tmp_path):
     load("bench_masks").main(["--model", "swin_nano", "--methods", "dimap", "global_magnitude", "--repeats", "1",
-                              "--init", "pruned", "--out", str(tmp_path)])
+                              "--init", "pruned", "--reference", "--out", str(tmp_path)])
     res = read_record(tmp_path / "masks_swin_nano_pruned_cpu.json")["results"]
     assert set(res["arms"]) == {"torch_global_unstructured", "dimap", "global_magnitude"}
     vs_torch = res["global_magnitude_vs_torch"]  # exact zeros and ties: torch's topk breaks ties its own way
     assert vs_torch["all_differences_are_ties_at_the_cut"] and vs_torch["same_removed_count"]
-    assert "target_dimap_at_most_half_of_torch" in res
+    arms = res["arms"]
+    for a in arms.values():  # the ratio is the one the record's own medians give
+        assert a["ratio_to_torch"] == pytest.approx(a["median_s"] / arms["torch_global_unstructured"]["median_s"])
+    assert res["target_dimap_at_most_half_of_torch"] == (arms["dimap"]["ratio_to_torch"] <= 0.5)
+    assert res["prunable_weights"] > 0
+    assert {a: r["identical_masks"] for a, r in res["reference"].items()} == {"dimap": True, "global_magnitude": True}
 
 
 def test_bench_mask_overhead(tmp_path):
@@ -40,8 +45,11 @@ def test_bench_mask_overhead(tmp_path):
                                       "--apply-repeats", "2",
                                       "--out", str(tmp_path)])
     res = read_record(tmp_path / "overhead_swin_nano_cpu.json")["results"]
-    assert set(res["median_step_s"]) == {"plain", "masked", "masked_grads"}
-    assert res["apply_median_s"] > 0
+    med = res["median_step_s"]
+    assert set(med) == {"plain", "masked", "masked_grads"} and all(t > 0 for t in med.values())
+    assert res["ratio_of_medians"]["masked"] == pytest.approx(med["masked"] / med["plain"])
+    assert res["apply_over_plain_step"] == pytest.approx(res["apply_median_s"] / med["plain"])
+    assert 0 < res["apply_median_s"] < med["plain"]  # re-masking costs less than the step it follows
 
 
 def test_bench_latency(tmp_path):

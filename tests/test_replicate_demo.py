@@ -45,7 +45,11 @@ def test_tiny_run_writes_rows_summary_and_plot(replicate, tmp_path):
         assert int(r["params_nonzero"]) == pytest.approx(total / 2, abs=20)  # rounding per layer or module
     assert all(float(r["ratio"]) == 0.55 for r in rows[2:])
     assert {r["dense_steps"] for r in rows} == {"2"} and {r["seed"] for r in rows} == {"0"}
-    assert all(0 <= float(r["top1"]) <= float(r["top5"]) <= 100 for r in rows)
+    for r in rows:  # whole counts of the 100 validation images, top-5 at least top-1
+        assert float(r["top1"]) == int(float(r["top1"])) and float(r["top1"]) <= float(r["top5"]) <= 100
+    assert len({(r["dense_top1"], r["dense_top5"]) for r in rows}) == 1  # one dense model behind every row
+    for pruned, tuned in (rows[2:4], rows[4:6]):  # finetuning keeps the mask: the same weights stay zero
+        assert pruned["params_nonzero"] == tuned["params_nonzero"] and pruned["criterion"] == tuned["criterion"]
 
     saved = json.loads((out / "rows.json").read_text())
     assert saved["skipped_shares_pct"] == [99.0] == meta["skipped_shares_pct"]  # above the prunable share

@@ -7,6 +7,8 @@ import timm
 import torch
 
 from dimap import account, compute_masks, flops_by_module
+from dimap.pruning.modules import MLP, PRJ, QKV, module_of
+from dimap.pruning.removal_count import n_removed
 from tests.conftest import make_tiny_swin
 
 PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper" / "table1.csv"
@@ -24,12 +26,22 @@ def test_swin_t_dense_flops_match_fvcore_reference():
 
 def test_figures_are_consistent_on_a_tiny_model():
     model = make_tiny_swin()
-    masks = compute_masks(model, "dimap", 0.5)
+    masks = compute_masks(model, "dimap", 0.3)  # not 0.5, which cannot tell r from 1 - r
     a = account(model, masks, img_size=32)
     total = sum(p.numel() for p in model.parameters())
     removed = sum(int((~m).sum()) for m in masks.values())
+    sizes = [sum(m.numel() for n, m in masks.items() if module_of(n) == mod) for mod in (QKV, PRJ, MLP)]
+    assert removed == sum(n_removed(n, 0.3) for n in sizes)  # each module loses its own 30%
     assert a["params_total"] == total and a["params_nonzero"] == total - removed
     assert a["prunable_removed"] == removed
+    assert a["prunable_removed_fraction"] == pytest.approx(removed / sum(sizes))
+    assert a["params_reduction_pct"] == pytest.approx(100 * removed / total)
+    assert a["flops_paper_reduction_pct"] == pytest.approx(100 * (1 - a["flops_paper"] / a["flops_dense"]))
+    assert a["flops_sparse_reduction_pct"] == pytest.approx(100 * (1 - a["flops_sparse"] / a["flops_dense"]))
+    for mod in (QKV, PRJ, MLP):
+        m = a["modules"][mod]
+        assert m["kept"] == sum(int(k.sum()) for n, k in masks.items() if module_of(n) == mod)
+        assert m["kept_fraction"] == pytest.approx(m["kept"] / m["weights"])
     assert sum(l["weights"] for l in a["layers"]) == a["prunable_weights"] == sum(m.numel() for m in masks.values())
     # paper-style: r x prunable FLOPs removed; sparse: each layer by its own kept fraction
     assert a["flops_paper"] == pytest.approx(a["flops_dense"] - a["prunable_removed_fraction"] * a["flops_prunable"])

@@ -45,7 +45,8 @@ def test_zeros_score_zero_and_ties_are_deterministic():
     assert s[0] == 0 and s[3] == 0
     assert s[1] == 1.0 and s[2] == 0.5  # tie: the earlier index comes first and scores higher
     assert torch.equal(dimap_scores(torch.zeros(4)), torch.zeros(4, dtype=torch.float64))
-    assert torch.equal(s, dimap_scores(w.clone()))
+    # sorted magnitudes 2, 2, 1, 0, 0 -> 4/4, 4/8, 1/9, 0, 0
+    assert torch.equal(s, torch.tensor([0.0, 1.0, 0.5, 0.0, 1 / 9], dtype=torch.float64))
 
 
 def test_scale_invariant_and_data_free():

@@ -60,8 +60,11 @@ def test_folder_shards_cover_val_once(tmp_path):
         assert num_classes == 3
         x, y = next(iter(train_loader))
         assert x.shape == (2, 3, 16, 16) and y.shape == (2,)
-        seen += list(val_loader.sampler)
-        assert sum(len(y) for _, y in val_loader) == len(val_loader.sampler)
+        shard = list(val_loader.sampler)
+        assert len(shard) == (4, 3)[rank]  # 7 images over 2 ranks, no padding: 4 + 3
+        labels = torch.cat([y for _, y in val_loader])  # the loader yields exactly this rank's shard, in order
+        assert labels.tolist() == [val_loader.dataset[i][1] for i in shard]
+        seen += shard
     assert sorted(seen) == list(range(7))
 
 
