@@ -54,7 +54,7 @@ def test_experiment_composes_to_paper_settings(name):
     if want["ratio"] is not None:
         assert cfg.prune.ratio == want["ratio"]
     assert cfg.data.name == "imagenet" and cfg.data.crop_pct == 0.875
-    t = cfg.train  # the paper's finetuning recipe (DIMAP.md section 6)
+    t = cfg.train  # the paper's finetuning recipe (docs/method.md, section 5)
     assert t.epochs == want["epochs"]
     assert (t.lr, t.min_lr, t.warmup_lr, t.warmup_epochs, t.weight_decay) == (2e-5, 2e-7, 2e-8, 15, 1e-8)
     assert (t.opt, t.sched, t.lr_base_batch, t.batch_size) == ("adamw", "cosine", 512, 128)

@@ -32,7 +32,7 @@ def test_paper_recipe_is_the_papers():
     t = compose_train("experiment=table1/swin_t_dimap3").train
     assert (t.epochs, t.warmup_epochs, t.lr, t.min_lr, t.warmup_lr, t.weight_decay) == (30, 15, 2e-5, 2e-7, 2e-8, 1e-8)
     assert (t.opt, t.sched, t.mixup, t.cutmix, t.smoothing, t.clip_grad) == ("adamw", "cosine", 0.8, 1.0, 0.1, 5.0)
-    assert scaled_lrs(t, 1024)["lr"] == pytest.approx(4e-5)  # 8 GPUs x 128, DIMAP.md section 6
+    assert scaled_lrs(t, 1024)["lr"] == pytest.approx(4e-5)  # 8 GPUs x 128, docs/method.md section 5
     one_gpu = resolve_batches(t, world_size=1)  # the README's 1-GPU command follows the recipe too
     assert (one_gpu.per_process, one_gpu.accum_steps, one_gpu.global_batch) == (128, 8, 1024)
     assert resolve_batches(t, world_size=8).global_batch == 1024 and not t.eval_amp

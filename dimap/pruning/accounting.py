@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting (spec section 5).
+"""Parameter and FLOP accounting (docs/method.md, section 6).
 
 FLOPs are fvcore's: one multiply-add counts as one FLOP, at batch 1. Three conventions, clearly named:
 - flops_dense: the unpruned model.

@@ -1,4 +1,4 @@
-"""Pruning criteria (spec sections 3 and 4), side by side with one signature:
+"""Pruning criteria (docs/method.md, sections 3 and 4), side by side with one signature:
 
     criterion(weights: dict[name, Tensor], ratio: float) -> dict[name, BoolTensor]   (True = kept)
 

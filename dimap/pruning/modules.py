@@ -1,4 +1,4 @@
-"""Which weights belong to which DIMAP module (spec section 1), read from what each layer does.
+"""Which weights belong to which DIMAP module (docs/method.md, section 2), read from what each layer does.
 
 The map is built from timm's building blocks, not from parameter names: every attention module of a known
 class gives its input projections (a fused `qkv`, `q` + `kv`, or `q`/`k`/`v`) to QKV-M and its output
