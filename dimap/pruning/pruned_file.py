@@ -38,12 +38,18 @@ def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_dir: str |
 
 
 def read_pruned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(state_dict, masks, meta) from a model.safetensors written by `save_pruned`.
+    """(state_dict, masks, meta) from a model.safetensors written by `save_pruned`, or from the run folder
+    holding it (prune.py's or train.py's output_dir).
 
     Masks come from masks.safetensors beside it when present, else from the zeros of the prunable weights
     (the architecture named in the metadata says which weights those are).
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: pass a model.safetensors written by prune.py or train.py, "
+                        "or the output_dir holding it")
     try:
         state = load_file(str(path))
         from safetensors import safe_open

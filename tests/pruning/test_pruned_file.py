@@ -1,9 +1,10 @@
 """Save & load: a pruned model file loads into a fresh timm model with no dimap code, identical logits."""
+import pytest
 import timm
 import torch
 from safetensors.torch import load_file
 
-from dimap import apply_masks, compute_masks, masks_from_state_dict, read_pruned, save_pruned
+from dimap import UserError, apply_masks, compute_masks, masks_from_state_dict, read_pruned, save_pruned
 from tests.conftest import TINY_SWIN, make_tiny_swin
 
 
@@ -26,6 +27,16 @@ def test_round_trip_gives_identical_logits_and_masks(tmp_path):
     removed = sum(int((~m).sum()) for m in masks.values())
     assert sum(int((state[n] == 0).sum()) for n in masks) == removed
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_read_pruned_takes_the_run_folder_and_refuses_a_missing_file_in_one_sentence(tmp_path):
+    model = make_tiny_swin(seed=6)
+    masks = compute_masks(model, "dimap", 0.3)
+    save_pruned(model, masks, tmp_path / "run", {"ratio": 0.3})
+    state, loaded, meta = read_pruned(tmp_path / "run")
+    assert meta == {"ratio": 0.3} and all(torch.equal(loaded[n], masks[n]) for n in masks)
+    with pytest.raises(UserError, match=r"^[^\n]*output_dir holding it$"):
+        read_pruned(tmp_path / "empty")
 
 
 def test_masks_recovered_without_the_mask_file(tmp_path):
