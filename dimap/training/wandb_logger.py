@@ -1,5 +1,5 @@
 """Weights & Biases logging on rank 0: the resolved config and git commit, per-epoch metrics, and a summary with
-a row in the paper's Table 1 format. Offline (under output_dir/wandb) when no API key is set.
+a row in the paper's Table 1 format. Offline (under output_dir/wandb) when wandb finds no credentials.
 
 Every method is a no-op when logging is off or on a rank other than 0, so callers never branch.
 """
@@ -10,14 +10,29 @@ TABLE1_COLUMNS = ["model", "variant", "method", "ratio", "top1", "top5", "params
                   "flops_g", "flops_reduction_pct"]
 
 
+def wandb_has_credentials() -> bool:
+    """Whether wandb.init would find credentials, looked up the way wandb does: WANDB_API_KEY or an identity
+    token file, then the netrc entry `wandb login` writes, then wandb's settings."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:  # wandb's own lookup (private API: if it moves, we fall back to offline, never to a failing run)
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib.wbauth.authenticate import _use_system_auth
+        from wandb.sdk.lib.wbauth.host_url import HostUrl
+        host = HostUrl(wandb_setup.singleton().settings.base_url)
+        return _use_system_auth(host=host, source="dimap", update_session=False) is not None
+    except Exception:  # noqa: BLE001 (a malformed key or netrc: offline, and wandb.init says why if asked)
+        return False
+
+
 def wandb_mode(cfg_mode=None) -> str | None:
     """The mode to pass to wandb.init: the config's if set; else WANDB_MODE's (None lets wandb read it); else
-    online with WANDB_API_KEY, offline without."""
+    online when wandb finds credentials (WANDB_API_KEY, `wandb login`'s netrc entry), offline without."""
     if cfg_mode:
         return str(cfg_mode)
     if os.environ.get("WANDB_MODE"):
         return None
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if wandb_has_credentials() else "offline"
 
 
 def table1_row(summary: dict) -> dict:
