@@ -11,11 +11,15 @@ prune.compare_dense=PATH also compares them with the masks prune.compare_method 
 
     python prune.py prune=none model=swin_t model.weights=PATH [prune.compare_dense=DENSE] output_dir=DIR
 """
+import sys
+from pathlib import Path
+
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dimap.pruning.accounting import account
-from dimap.errors import UserError, exit_on_user_error
+from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.pruning.inspect_checkpoint import inspect_checkpoint
 from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_masks
 from dimap.models import build_model
@@ -33,6 +37,7 @@ def run(cfg: DictConfig) -> dict:
     check_ratio(ratio)
     check_output_dir(cfg.output_dir, config)  # all checks before anything is written
 
+    torch.manual_seed(cfg.seed)  # model.weights=random: the same weights, masks and sparse FLOPs on every run
     model = build_model(config["model"]).eval()
     masks = compute_masks(model, method, ratio)
     apply_masks(model, masks)
@@ -81,4 +86,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_config_groups(Path(__file__).parent / "conf", sys.argv[1:])  # `prune=foo`: one sentence, not Hydra's 14 lines
     main()

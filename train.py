@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from dimap.training.data import build_loaders
 from dimap.training.cluster import Preemption, hold_output_dir, link_submitit_logs
 from dimap.training.distributed import all_gather_object, cleanup, env_from_submitit, init_distributed
 from dimap.training.engine import evaluate
-from dimap.errors import UserError, exit_on_user_error
+from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
 from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_masks
 from dimap.models import build_model
@@ -156,7 +157,8 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         write_json(out / "summary.json", summary)  # last: its presence marks a finished run
         print(format_table(summary))
         print(results_table(summary))
-        print(f"wrote {out}/summary.json, log.jsonl, model.safetensors, checkpoints/")
+        print(f"wrote {out}/summary.json, model.safetensors, masks.safetensors"
+              + (", log.jsonl, checkpoints/" if tc["epochs"] > 0 else " (train.epochs=0: pruned and evaluated only)"))
     logger.finish(summary)
     return summary
 
@@ -172,6 +174,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_config_groups(Path(__file__).parent / "conf", sys.argv[1:])  # `prune=foo`: one sentence, not Hydra's 14 lines
     # submitit's tasks unpickle `train.main` in fresh interpreters (local or on Slurm nodes): let them import it
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
                                                              os.environ.get("PYTHONPATH")]))

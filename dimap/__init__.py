@@ -7,13 +7,19 @@ Importable without Hydra:
     masks = dimap.compute_masks(model, "dimap", 0.55)   # {param name: bool tensor}, True = kept
     dimap.apply_masks(model, masks)
 """
-from dimap.pruning.accounting import account, flops_by_module
-from dimap.pruning.criteria import CRITERIA
-from dimap.errors import UserError
-from dimap.pruning.masks import FixedMask, apply_masks, compute_masks, mask_checksum, masks_from_state_dict
-from dimap.pruning.modules import module_map, prunable_weights
-from dimap.pruning.pruned_file import read_pruned, save_pruned
-from dimap.pruning.scores import dimap_scores
+import warnings
+
+# fvcore (imported below) decorates functions with torch.jit.script, which torch 2.14 deprecates: one FutureWarning
+# on every command, about code that is not ours. Silenced for exactly that message.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from dimap.pruning.accounting import account, flops_by_module  # noqa: E402
+from dimap.pruning.criteria import CRITERIA  # noqa: E402
+from dimap.errors import UserError  # noqa: E402
+from dimap.pruning.masks import FixedMask, apply_masks, compute_masks, mask_checksum, masks_from_state_dict  # noqa: E402
+from dimap.pruning.modules import module_map, prunable_weights  # noqa: E402
+from dimap.pruning.pruned_file import read_pruned, save_pruned  # noqa: E402
+from dimap.pruning.scores import dimap_scores  # noqa: E402
 
 __all__ = ["account", "flops_by_module", "CRITERIA", "UserError", "FixedMask", "apply_masks", "compute_masks",
            "mask_checksum", "masks_from_state_dict", "module_map", "prunable_weights", "read_pruned",

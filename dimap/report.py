@@ -24,6 +24,18 @@ def finished_summary(out_dir: str | Path) -> dict | None:
     return summary if isinstance(summary, dict) and summary.get("top1") is not None else None
 
 
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (train.epochs, not train), for a message that names what changed."""
+    keys = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def check_output_dir(out_dir: str | Path, config: dict, ignore=("output_dir",)) -> None:
     """Refuse an output folder that holds a finished run of a different config, before anything is written."""
     summary = Path(out_dir) / "summary.json"
@@ -35,7 +47,7 @@ def check_output_dir(out_dir: str | Path, config: dict, ignore=("output_dir",)) 
         raise UserError(f"{summary} is unreadable: move it away or choose another output_dir") from None
     strip = lambda c: {k: v for k, v in c.items() if k not in ignore}  # noqa: E731
     if strip(old) != strip(config):
-        diff = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
+        diff = differing_keys(strip(old), strip(config))
         raise UserError(f"output_dir={out_dir} holds a finished run of a different config (differs in "
                         f"{', '.join(diff)}): choose another output_dir or delete that folder")
 

@@ -8,6 +8,7 @@ any dense file, so the masks are read from the loaded model and keyed by timm pa
 import torch
 from torch import nn
 
+from dimap.errors import UserError
 from dimap.pruning.masks import compute_masks, masks_from_state_dict
 from dimap.models import build_model
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map
@@ -63,7 +64,10 @@ def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compar
     if not compare_dense:
         return model, masks, None
     removed = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-    dense = build_model({**model_cfg, "weights": str(compare_dense)}).eval()
+    try:
+        dense = build_model({**model_cfg, "weights": str(compare_dense)}).eval()
+    except UserError as e:  # the dense weights come from prune.compare_dense here, not from model.weights
+        raise UserError(str(e).replace("model.weights=", "prune.compare_dense=")) from None
     ours = compute_masks(dense, compare_method, removed)
     comparison = {"dense_weights": str(compare_dense), "method": compare_method, "ratio": removed,
                   **compare_masks(masks, ours, module_map(model))}

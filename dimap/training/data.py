@@ -228,6 +228,20 @@ def build_datasets(data):
     raise UserError(f"data.name={name} is unknown: pass data=imagenet or data=mnist5k.")
 
 
+def capped_workers(requested: int, world_size: int = 1, rank: int = 0) -> int:
+    """Loader workers per process, at most the CPUs this process may use shared by the processes on the node (8
+    workers on a 2-core machine only thrash, and PyTorch warns about it); says so once when it caps."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    cap = max(1, cpus // max(1, local))
+    if requested > cap:
+        if rank == 0:
+            print(f"note: data.num_workers={requested} capped at {cap} (the {cpus} CPUs available / {local} "
+                  "process(es) per node)")
+        return cap
+    return int(requested)
+
+
 def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, seed=0, num_workers=0,
                   pin_memory=False):
     """(train_loader, val_loader, num_classes); batch sizes are per rank.
@@ -245,6 +259,7 @@ def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, se
     generator = torch.Generator()
     train_sampler = ResumableSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
                                      shuffle=True, drop_last=True)
+    num_workers = capped_workers(num_workers, world_size, rank)
     extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     # Without workers the main process augments, from its own (checkpointed) RNG, which the loader's base-seed
     # draw then keeps advancing as it always has: the runs and records made before stay reproducible.
