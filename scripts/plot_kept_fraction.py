@@ -1,6 +1,6 @@
 """The paper's Figure 5 for a finished run: kept fraction per prunable layer, coloured by module.
 
-    python scripts/plot_kept_fraction.py results/runs/table1/swin_s_dimap2 [--out fig5.png]
+    python scripts/plot_kept_fraction.py results/runs/prune_only/table1/swin_s_dimap2 [--out fig5.png]
 
 Reads RUN/summary.json (prune.py, train.py or an inspect run) and writes RUN/kept_fraction.png unless --out.
 The paper's figure is Swin-S at 45% removed, from pretrained weights:
