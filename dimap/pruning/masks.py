@@ -71,13 +71,22 @@ class FixedMask:
 
     def _bind(self) -> None:
         self._storage = [self.params[i].data_ptr() for i in self._pruned]
-        self._targets = self._split([self.params[i].detach() for i in self._pruned])
-        self._multipliers = self._split([self.factors[i] for i in self._pruned])
+        self._targets, self._multipliers = self._split([self.params[i].detach() for i in self._pruned],
+                                                       [self.factors[i] for i in self._pruned])
 
-    def _split(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not tensors or tensors[0].device.type != "cpu":
-            return tensors  # CUDA: _foreach_mul_ is one fused kernel over whole tensors
-        return [c for t in tensors for c in (t.view(-1).split(self.CHUNK) if t.is_contiguous() else [t])]
+    def _split(self, targets: list[torch.Tensor], factors: list[torch.Tensor]):
+        """(targets, factors) as pairs of equal chunks on CPU; a non-contiguous target stays whole with its factor."""
+        if not targets or targets[0].device.type != "cpu":
+            return targets, factors  # CUDA: _foreach_mul_ is one fused kernel over whole tensors
+        out_t, out_f = [], []
+        for t, f in zip(targets, factors):
+            if t.is_contiguous() and f.is_contiguous():
+                out_t += t.view(-1).split(self.CHUNK)
+                out_f += f.view(-1).split(self.CHUNK)
+            else:
+                out_t.append(t)
+                out_f.append(f)
+        return out_t, out_f
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -92,7 +101,7 @@ class FixedMask:
         pairs = [(self.params[i].grad, self.factors[i]) for i in self._pruned if self.params[i].grad is not None]
         if pairs:
             grads, factors = zip(*pairs)
-            torch._foreach_mul_(self._split(list(grads)), self._split(list(factors)))
+            torch._foreach_mul_(*self._split(list(grads), list(factors)))
 
     @torch.no_grad()
     def violations(self) -> int:
