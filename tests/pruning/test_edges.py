@@ -140,3 +140,21 @@ def test_read_pruned_without_metadata_and_a_corrupt_file(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.safetensors is not a readable pruned model .*: write it again"):
         read_pruned(tmp_path / "bad.safetensors")
+
+
+def test_a_model_without_swin_layers_is_refused_naming_its_class():
+    from dimap import prunable_weights
+    with pytest.raises(UserError, match=r"^Linear has no prunable layers \(expected timm Swin names like "
+                                        r"layers\.0\.blocks\.0\.attn\.qkv\.weight\): use a timm SwinTransformer model$"):
+        prunable_weights(nn.Linear(3, 3))
+
+
+def test_scores_are_float64_and_reference_masks_bool():
+    from dimap.pruning import reference
+    from dimap.pruning.scores import magnitude_scores
+    w = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    assert magnitude_scores(w).dtype == dimap_scores(w).dtype == lamp_scores(w).dtype == torch.float64
+    weights = {n: p.detach() for n, p in make_tiny_swin().named_parameters() if "attn.qkv.weight" in n}
+    for name, criterion in reference.CRITERIA.items():
+        masks = criterion(weights, 0.3)
+        assert all(m.dtype == torch.bool for m in masks.values()), name
