@@ -158,3 +158,20 @@ def test_scores_are_float64_and_reference_masks_bool():
     for name, criterion in reference.CRITERIA.items():
         masks = criterion(weights, 0.3)
         assert all(m.dtype == torch.bool for m in masks.values()), name
+
+
+def test_inspect_checkpoint_measures_the_removed_share_not_the_kept_one(tmp_path):
+    from dimap.pruning.inspect_checkpoint import inspect_checkpoint
+    from tests.pruning.test_inspect import KWARGS
+    dense = make_tiny_swin(seed=3, **KWARGS)
+    torch.save(dense.state_dict(), tmp_path / "dense.pth")
+    masks = compute_masks(dense, "dimap", 0.3)  # not 0.5: 0.3 tells the removed share from the kept one
+    from dimap import apply_masks
+    apply_masks(dense, masks)
+    torch.save(dense.state_dict(), tmp_path / "pruned.pth")
+    cfg = {"name": "swin_tiny_patch4_window7_224", "kwargs": KWARGS, "weights": str(tmp_path / "pruned.pth")}
+    _, found, comparison = inspect_checkpoint(cfg, str(tmp_path / "dense.pth"))  # default method: dimap
+    removed = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert comparison["ratio"] == removed == pytest.approx(0.3, abs=1e-3)
+    assert comparison["dense_weights"] == str(tmp_path / "dense.pth") and comparison["method"] == "dimap"
+    assert comparison["overall"]["iou_kept"] == 1.0 and all(torch.equal(found[n], masks[n]) for n in masks)
