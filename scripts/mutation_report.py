@@ -37,6 +37,9 @@ def main(argv=None) -> dict:
     p.add_argument("--command", default="bash scripts/mutation_test.sh")
     p.add_argument("--mutmut", default="mutmut")
     p.add_argument("--name", default="pruning")
+    p.add_argument("--commit", help="the commit the run mutated (default: this checkout's)")
+    p.add_argument("--finished", help="when the run ended (default: now)")
+    p.add_argument("--note", default="", help="a sentence on how the run ended (e.g. stopped early)")
     args = p.parse_args(argv)
     status = dict(line.strip().rsplit(": ", 1) for line in mutmut(args.mutmut, "results", "--all", "true").splitlines()
                   if ": " in line)
@@ -49,8 +52,9 @@ def main(argv=None) -> dict:
     scored = total["killed"] + total["survived"]
     survivors = {n: mutmut(args.mutmut, "show", n) for n, st in status.items() if st == "survived"}
     record = {"what": "mutation testing of dimap/pruning (pyproject.toml [tool.mutmut])", "command": args.command,
-              "git_commit": git_commit(), "started": args.started,
-              "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "git_commit": args.commit or git_commit(), "started": args.started,
+              "finished": args.finished or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "note": args.note,
               "counts": dict(total), "per_file": {f: dict(c) for f, c in sorted(per_file.items())},
               "score_non_equivalent": total["killed"] / scored if scored else None,
               "equivalent": {n: equiv[n] for n in status if n in equiv and status[n] == "survived"},
@@ -58,7 +62,8 @@ def main(argv=None) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"mutmut_{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# Mutation testing: dimap/pruning", "",
-             f"`{args.command}` at commit {record['git_commit']}, {args.started} to {record['finished']} (mutmut 3.8.1).",
+             f"`{args.command}` at commit {record['git_commit']}, {args.started} to {record['finished']} (mutmut 3.8.1)."
+             + (f" {args.note}" if args.note else ""),
              "", f"Score: {total['killed']} killed of {scored} non-equivalent mutants checked = "
              f"**{100 * record['score_non_equivalent']:.1f}%**; {total['equivalent']} judged equivalent (reasons "
              f"below), {total['not checked']} not checked, {total['timeout']} timeouts.", "",
