@@ -7,7 +7,7 @@ import timm
 import torch
 
 from dimap import account, compute_masks, flops_by_module
-from dimap.pruning.modules import MLP, PRJ, QKV, module_of
+from dimap.pruning.modules import MLP, PRJ, QKV, module_map
 from dimap.pruning.removal_count import n_removed
 from tests.conftest import make_tiny_swin
 
@@ -30,6 +30,7 @@ def test_figures_are_consistent_on_a_tiny_model():
     a = account(model, masks, img_size=32)
     total = sum(p.numel() for p in model.parameters())
     removed = sum(int((~m).sum()) for m in masks.values())
+    module_of = module_map(model).get
     sizes = [sum(m.numel() for n, m in masks.items() if module_of(n) == mod) for mod in (QKV, PRJ, MLP)]
     assert removed == sum(n_removed(n, 0.3) for n in sizes)  # each module loses its own 30%
     assert a["params_total"] == total and a["params_nonzero"] == total - removed

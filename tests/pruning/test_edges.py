@@ -86,8 +86,9 @@ def test_fixed_mask_with_nothing_pruned_is_a_no_op():
 
 
 def test_masks_from_state_dict_refusal_names_the_fix():
-    with pytest.raises(UserError, match="^this state dict holds no Swin prunable weights: pass a Swin checkpoint$"):
-        masks_from_state_dict({"head.fc.weight": torch.zeros(2)})
+    with pytest.raises(UserError, match="^this state dict lacks the prunable weight 'layers.0.blocks.0.attn.qkv.weight' "
+                                        "of SwinTransformer: pass a checkpoint of this architecture$"):
+        masks_from_state_dict({"head.fc.weight": torch.zeros(2)}, make_tiny_swin())
 
 
 def test_mask_checksum_depends_on_shape_not_on_storage_dtype():
@@ -107,14 +108,15 @@ def test_compare_masks_sums_layers_and_refuses_different_names():
     q0, q1 = "layers.0.blocks.0.attn.qkv.weight", "layers.1.blocks.0.attn.qkv.weight"
     a = {q0: torch.tensor([True, True, False, False]), q1: torch.tensor([True, False])}
     b = {q0: torch.tensor([True, False, True, False]), q1: torch.tensor([True, False])}
-    c = compare_masks(a, b)
+    module = {q0: "QKV-M", q1: "QKV-M"}
+    c = compare_masks(a, b, module)
     assert c["overall"]["same_bits"] == pytest.approx(4 / 6) and c["overall"]["iou_kept"] == pytest.approx(2 / 4)
     assert c["overall"]["kept_fraction_checkpoint"] == pytest.approx(3 / 6)
     assert c["layers"][q1]["iou_kept"] == 1.0
-    none_kept = compare_masks({q1: torch.tensor([False, False])}, {q1: torch.tensor([False, False])})
+    none_kept = compare_masks({q1: torch.tensor([False, False])}, {q1: torch.tensor([False, False])}, module)
     assert none_kept["overall"]["iou_kept"] == 1.0  # nothing kept on either side: the same (empty) set
     with pytest.raises(ValueError, match=f"different weights, e.g. '{q1}'"):
-        compare_masks(a, {q0: b[q0]})
+        compare_masks(a, {q0: b[q0]}, module)
 
 
 def test_save_pruned_makes_parent_folders_and_keeps_non_json_metadata(tmp_path):
@@ -136,7 +138,8 @@ def test_read_pruned_without_metadata_and_a_corrupt_file(tmp_path):
     from safetensors.torch import save_file
     model = make_tiny_swin()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    assert read_pruned(tmp_path / "model.safetensors")[2] == {}
+    with pytest.raises(UserError, match="names no architecture in its metadata"):  # no metadata: {} read, refused
+        read_pruned(tmp_path / "model.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.safetensors is not a readable pruned model .*: write it again"):
         read_pruned(tmp_path / "bad.safetensors")
@@ -144,8 +147,8 @@ def test_read_pruned_without_metadata_and_a_corrupt_file(tmp_path):
 
 def test_a_model_without_swin_layers_is_refused_naming_its_class():
     from dimap import prunable_weights
-    with pytest.raises(UserError, match=r"^Linear has no prunable layers \(expected timm Swin names like "
-                                        r"layers\.0\.blocks\.0\.attn\.qkv\.weight\): use a timm SwinTransformer model$"):
+    with pytest.raises(UserError, match=r"^Linear .*: DIMAP prunes vision transformers built from timm's attention "
+                                        r"and MLP blocks; see the README's supported families$"):
         prunable_weights(nn.Linear(3, 3))
 
 
@@ -154,7 +157,8 @@ def test_scores_are_float64_and_reference_masks_bool():
     from dimap.pruning.scores import magnitude_scores
     w = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     assert magnitude_scores(w).dtype == dimap_scores(w).dtype == lamp_scores(w).dtype == torch.float64
-    weights = {n: p.detach() for n, p in make_tiny_swin().named_parameters() if "attn.qkv.weight" in n}
+    from dimap import prunable_weights
+    weights = prunable_weights(make_tiny_swin())
     for name, criterion in reference.CRITERIA.items():
         masks = criterion(weights, 0.3)
         assert all(m.dtype == torch.bool for m in masks.values()), name

@@ -87,13 +87,17 @@ def test_fixed_mask_refuses_masks_of_another_model():
 
 
 def test_masks_from_state_dict_and_checksum():
-    sd = {"layers.0.blocks.0.attn.qkv.weight": torch.tensor([[0.0, 1.0], [2.0, 0.0]]),
-          "layers.0.blocks.0.attn.qkv.bias": torch.zeros(2), "head.fc.weight": torch.zeros(2, 2)}
-    masks = masks_from_state_dict(sd)
-    assert list(masks) == ["layers.0.blocks.0.attn.qkv.weight"]
-    assert masks["layers.0.blocks.0.attn.qkv.weight"].tolist() == [[False, True], [True, False]]
+    from tests.conftest import make_tiny_swin
+    model = make_tiny_swin()
+    name = "layers.0.blocks.0.attn.qkv.weight"
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd[name][0, :5] = 0.0
+    sd["layers.0.blocks.0.attn.qkv.bias"].zero_()  # a zero bias is not a pruned weight
+    masks = masks_from_state_dict(sd, model)
+    assert name in masks and "layers.0.blocks.0.attn.qkv.bias" not in masks and "head.fc.weight" not in masks
+    assert int((~masks[name]).sum()) == 5 and not masks[name][0, :5].any()
     with pytest.raises(UserError):
-        masks_from_state_dict({"head.fc.weight": torch.zeros(2)})
+        masks_from_state_dict({"head.fc.weight": torch.zeros(2)}, model)
     flipped = {k: ~v for k, v in masks.items()}
     assert mask_checksum(masks) == mask_checksum(dict(masks)) != mask_checksum(flipped)
     assert len(mask_checksum(masks)) == 16
