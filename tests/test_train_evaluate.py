@@ -36,6 +36,8 @@ def test_a_dense_evaluation_is_not_recorded_as_a_pruning_run(tmp_path):
     s = run(tmp_path / "eval", "train.epochs=0", "prune.ratio=0")
     assert s["method"] == "none" and s["ratio"] == 0 and not s["pruning"]["weights_already_pruned"]
     assert s["params_nonzero"] == s["params_total"]
+    from dimap.training.wandb_logger import table1_row
+    assert table1_row(s)["variant"] == "dense"  # the wandb Table 1 row of a dense evaluation
 
 
 def val_only_folder(root: Path, n: int = 3) -> Path:

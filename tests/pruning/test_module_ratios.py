@@ -1,4 +1,6 @@
 """prune.module_ratios: one share per module (the paper does not say how it split its target across modules)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,3 +62,18 @@ def test_one_threshold_criteria_refuse(model, method):
 def test_bad_module_ratios_are_refused(model, bad):
     with pytest.raises(UserError, match="prune.module_ratios"):
         compute_masks(model, "dimap", 0.5, module_ratios=bad)
+
+
+def test_prune_py_takes_module_ratios_from_the_command_line(tmp_path):
+    """The Hydra override a user types, module names and all, reaches the masks and the summary."""
+    from hydra import compose, initialize_config_dir
+
+    import prune
+    conf = str(Path(prune.__file__).resolve().parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("prune", overrides=["model=swin_nano", "prune.module_ratios={QKV-M:0.5,PRJ-M:0.4,MLP-M:0.6}",
+                                          f"output_dir={tmp_path}", "plot=false"])
+    s = prune.run(cfg)
+    assert s["module_ratios"] == SHARES
+    assert {m: round(1 - v["kept_fraction"], 3) for m, v in s["modules"].items()} == SHARES
+    assert s["ratio"] == pytest.approx(s["prunable_removed_fraction"]) and s["ratio"] != 0.55
