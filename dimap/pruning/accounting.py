@@ -60,7 +60,7 @@ def flops_official(model: nn.Module) -> dict | None:
     with windows of M tokens: W-MSA = 4hwC^2 (qkv 3hwC^2 + proj hwC^2) + 2(hw)MC (the two attention matmuls),
     MLP = 2hw C x hidden, two LayerNorms hwC each; patch merging = hwC (norm) + (hw/4) 4C x 2C; patch embedding
     and its norm; final norm; head. Unlike fvcore it counts no bias, softmax, GELU or pooling, and it keeps the
-    official code's final-norm term, num_features x patch tokens // 2**num_stages (a quarter of the tokens the
+    official code's final-norm term, num_features x patch tokens // 2**num_stages (four times the tokens the
     last stage really has), so that it is the number the paper rounds.
     Returns {"total": FLOPs, "layers": {prunable weight name: FLOPs}} (each linear layer = tokens x in x out,
     which is fvcore's count of the same layer).
