@@ -49,3 +49,20 @@ def test_account_reports_the_official_column():
 
 def test_not_a_swin_gives_none():
     assert flops_official(torch.nn.Linear(3, 3)) is None
+
+
+@pytest.mark.parametrize("short", list(TIMM_NAMES))
+def test_table1_reductions_within_a_tenth_of_the_paper(short):
+    """Paper-style reductions on the official count are within 0.1 points of all of Table 1's (fvcore's: 0.2)."""
+    from dimap.pruning.modules import modules_of, prunable_weights
+    from dimap.pruning.removal_count import n_removed
+    with torch.device("meta"):
+        model = timm.create_model(TIMM_NAMES[short])
+    official, weights = flops_official(model), prunable_weights(model)
+    sizes = [sum(weights[n].numel() for n in names) for names in modules_of(weights).values()]
+    with open(PAPER) as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == short and r["variant"] != "dense"]
+    for row in rows:
+        r = sum(n_removed(n, float(row["ratio"])) for n in sizes) / sum(sizes)  # equal r in each module
+        pct = 100 * r * sum(official["layers"].values()) / official["total"]
+        assert abs(pct - float(row["flops_reduction_pct"])) <= 0.1 + 1e-9, row
