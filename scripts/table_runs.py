@@ -85,7 +85,7 @@ def architecture_refusal(run: dict, want: dict) -> str | None:
         return f"pruned by {prune.get('method')} at r={prune.get('ratio')}"
     if prune.get("module_ratios"):
         return "pruned with prune.module_ratios"
-    if want["prune"]["ratio"] == 0 and "pruning" not in run:
+    if want["prune"]["ratio"] == 0 and "pruning" not in run and run.get("top1") is not None:
         return "recorded before evaluation runs said what they evaluated (a pruned file read as dense?): rerun it"
     return None
 
