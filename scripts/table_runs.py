@@ -49,9 +49,16 @@ def load_runs(runs_dir: Path) -> list[dict]:
 def recipe(experiment: str) -> dict:
     """conf/experiment/EXPERIMENT.yaml composed with train.yaml, resolved (data.root left unset)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import OmegaConf
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    backup = get_gh_backup()  # called from a running Hydra app (the multirun's tables callback): set it aside
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment={experiment}"])
+    finally:
+        restore_gh_from_backup(backup)
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
