@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from dimap.pruning.accounting import account
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.pruning.inspect_checkpoint import inspect_checkpoint
-from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_masks
+from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_ratio, compute_masks
 from dimap.models import build_model
 from dimap.pruning.pruned_file import save_pruned
 from dimap.report import check_output_dir, format_table, plot_kept_fraction, prune_summary, write_json
@@ -39,10 +39,13 @@ def run(cfg: DictConfig) -> dict:
 
     torch.manual_seed(cfg.seed)  # model.weights=random: the same weights, masks and sparse FLOPs on every run
     model = build_model(config["model"]).eval()
-    masks = compute_masks(model, method, ratio)
+    module_ratios = check_module_ratios(config["prune"].get("module_ratios"), ratio)
+    masks = compute_masks(model, method, ratio, module_ratios)
     apply_masks(model, masks)
     acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
-    summary = prune_summary(config["model"], method, ratio, acc, config=config)
+    if module_ratios:  # the summary's ratio is then the share removed over all modules, as measured
+        ratio = acc["prunable_removed_fraction"]
+    summary = prune_summary(config["model"], method, ratio, acc, module_ratios=module_ratios, config=config)
 
     meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": method, "ratio": ratio,
             "weights": str(cfg.model.weights), "git_commit": summary["git_commit"]}
@@ -74,10 +77,20 @@ def inspect(cfg: DictConfig, config: dict) -> dict:
     write_json(f"{cfg.output_dir}/summary.json", summary)
     print(format_table(summary))
     if comparison:
-        print(f"masks vs {comparison['method']} from {compare_dense} at r={comparison['ratio']:.4f}: " + ", ".join(
-            f"{m} IoU {c['iou_kept']:.4f}" for m, c in [("all", comparison["overall"]), *comparison["modules"].items()]))
+        print("checkpoint's kept fraction per module: " + ", ".join(
+            f"{m} {k:.4f}" for m, k in comparison["checkpoint_module_kept_fraction"].items())
+            + f" (spread of the removed shares {comparison['module_share_spread']:.4f})")
+        print(f"masks vs {comparison['method']} from {compare_dense} at r={comparison['ratio']:.4f} in every module: "
+              + iou_line(comparison))
+        if "per_module_ratio" in comparison:
+            print(f"masks vs {comparison['method']} at each module's own measured share: "
+                  + iou_line(comparison["per_module_ratio"]))
     print(f"wrote {cfg.output_dir}/summary.json")
     return summary
+
+
+def iou_line(c: dict) -> str:
+    return ", ".join(f"{m} IoU {v['iou_kept']:.4f}" for m, v in [("all", c["overall"]), *c["modules"].items()])
 
 
 @hydra.main(config_path="conf", config_name="prune", version_base="1.3")

@@ -32,7 +32,8 @@ from dimap.training.distributed import all_gather_object, cleanup, env_from_subm
 from dimap.training.engine import evaluate
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
-from dimap.pruning.masks import apply_masks, check_method, check_ratio, compute_masks
+from dimap.pruning.inspect_checkpoint import masks_for_run
+from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_ratio
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
 from dimap.pruning.pruned_file import save_pruned
@@ -71,7 +72,9 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     t_start = time.time()
     config = OmegaConf.to_container(cfg, resolve=True)
     tc, method, ratio = config["train"], cfg.prune.method, check_ratio(cfg.prune.ratio)
-    check_method(method)
+    if method != "none":  # none: evaluate (or finetune) the weights as they are, masks from their zeros
+        check_method(method)
+    module_ratios = check_module_ratios(config["prune"].get("module_ratios"), ratio)
     if tc["nonfinite"] not in ("stop", "skip"):
         raise UserError(f"train.nonfinite={tc['nonfinite']!r} is unknown: pass train.nonfinite=stop or skip")
     if not isinstance(tc["epochs"], int) or tc["epochs"] < 0:
@@ -109,7 +112,8 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     seed_everything(cfg.seed)  # the same model init on every rank
     train_loader, val_loader, num_classes = build_loaders(
         config["data"], batches.per_process, tc["eval_batch_size"], world_size=world, rank=rank, seed=cfg.seed,
-        num_workers=tc["num_workers"], pin_memory=bool(tc["pin_memory"]) and device.type == "cuda")
+        num_workers=tc["num_workers"], pin_memory=bool(tc["pin_memory"]) and device.type == "cuda",
+        train_split=tc["epochs"] > 0)  # evaluation only: val/ is enough
     model = build_model(config["model"]).to(device)
     if model.num_classes != num_classes:
         raise UserError(f"the model has {model.num_classes} classes, data={cfg.data.name} has {num_classes}: "
@@ -123,12 +127,16 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
             results.update(dense_top1=ev["top1"], dense_top5=ev["top5"])
         # On the CPU, as prune.py: a GPU's cumsum can flip near-ties, giving the same weights two checksums.
-        masks = compute_masks(model.cpu(), method, ratio)
+        masks, p = masks_for_run(model.cpu(), method, ratio, module_ratios)
+        results["pruning"] = p
+        if p["weights_already_pruned"]:
+            log(f"model.weights is already pruned ({100 * p['weights_zero_share']:.1f}% of its prunable weights are "
+                f"zero): masks from {p['masks_from']}")
         apply_masks(model, masks)
         model.to(device)
         ev = validate(model, val_loader, device, dtype, main, "eval pruned")
         results.update(pruned_top1=ev["top1"], pruned_top5=ev["top5"], val_images=ev["n"])
-        log(f"pruned {method} r={ratio}: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f} before finetuning")
+        log(f"{p['method']} r={p['ratio']:.4f}: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
     else:
         model.load_state_dict(state["model"])
         masks = state["masks"]  # on the CPU, as computed; FixedMask keeps its own copies on the device
@@ -145,12 +153,14 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     summary = None
     if main:
         acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
+        pruning = results["pruning"]  # what was applied: method "none" when the masks are the weights' zeros
         summary = prune_summary(
-            config["model"], method, ratio, acc, top1=final["top1"], top5=final["top5"], **results,
+            config["model"], pruning["method"], pruning["ratio"], acc, top1=final["top1"], top5=final["top5"], **results,
             best_top1=fit["best_top1"], epochs=tc["epochs"], world_size=world, global_batch=batches.global_batch,
             seed=cfg.seed, mask_checksum=checksum, train_time_s=sum(r["time"] for r in fit["history"]),
             wall_time_s=time.time() - t_start, config=config)
-        meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": method, "ratio": ratio,
+        meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": pruning["method"],
+                "ratio": pruning["ratio"],
                 "weights": str(cfg.model.weights), "finetuned_epochs": tc["epochs"], "top1": final["top1"],
                 "git_commit": summary["git_commit"]}
         save_pruned(model, masks, out, meta)

@@ -2,8 +2,11 @@
 
 FasterViT comes from NVIDIA's optional `fastervit` package, which registers its models with timm on import.
 """
+import collections
 import importlib
 import os
+import pickle
+import re
 import socket
 from pathlib import Path
 
@@ -37,8 +40,31 @@ def create_model(name: str, kwargs: dict | None = None, drop_path_rate: float = 
                         "check model.name and model.kwargs") from None
 
 
+# Official Swin training checkpoints (its save_checkpoint: model, optimizer, lr_scheduler, max_accuracy, scaler,
+# epoch, config) hold the run's yacs CfgNode under 'config'. A CfgNode pickles as the class yacs.config.CfgNode
+# (a dict subclass: its items, then a __dict__ of bools, a set and a dict). torch's weights-only unpickler fills no
+# dict subclass, so that one class name is read as the OrderedDict it behaves as: no yacs code runs, yacs need not
+# be installed, and every other class still stops the load.
+OFFICIAL_SWIN_GLOBALS = [(collections.OrderedDict, "yacs.config.CfgNode")]
+
+
+def _torch_load(path: Path):
+    try:
+        with torch.serialization.safe_globals(OFFICIAL_SWIN_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # a pickled class outside the allow-list: refuse to run its code
+        found = re.search(r"GLOBAL (\S+)|unsupported class (\S+)", str(e))
+        if not found:  # not a pickle at all (a text file, a torn download): the caller's message applies
+            raise
+        what = next(g for g in found.groups() if g)
+        raise UserError(f"{path} holds pickled Python objects ({what}) that cannot be read without running "
+                        "their code: if you trust it, re-save its weights with torch.save(torch.load(PATH, "
+                        "weights_only=False)['model'], 'weights.pth') and pass that file") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or a torch checkpoint (timm's, or the official `{'model': ...}`)."""
+    """A state dict from a safetensors file or a torch checkpoint (timm's, or an official Swin file: `{'model': ...}`,
+    training checkpoints with optimizer, scheduler and yacs config included)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model.weights={str(path)!r} is not a file: pass model.weights=PATH to a checkpoint, "
@@ -48,16 +74,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn download, a text file, a pickle with code in it
-        raise UserError(f"{path} could not be read as a checkpoint ({type(e).__name__}): "
-                        "download it again or pass another model.weights") from None
+            sd = _torch_load(path)
+    except UserError:
+        raise
+    except Exception as e:  # a torn download, a text file
+        raise UserError(f"{path} could not be read as a checkpoint ({type(e).__name__}; truncated or not a torch or "
+                        "safetensors file): download it again or pass another model.weights") from None
     for key in ("model", "state_dict", "model_ema"):  # official Swin, Lightning-style, EMA-only files
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{path} holds no state dict of tensors: pass a model checkpoint as model.weights")
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = ", ".join(map(str, list(sd)[:6])) if isinstance(sd, dict) else type(sd).__name__
+        raise UserError(f"{path} holds no model weights (it holds {keys or 'nothing'}): pass the checkpoint file that "
+                        "holds the weights (official Swin files keep them under 'model')")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 

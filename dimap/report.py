@@ -1,6 +1,7 @@
 """What a run writes and prints: the summary file, the console table, the kept-fraction plot."""
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from dimap.errors import UserError
@@ -97,4 +98,5 @@ def prune_summary(model_cfg: dict, method: str, ratio: float, accounting: dict, 
             "method": method, "ratio": ratio, "weights": str(model_cfg.get("weights", "random")),
             **{k: v for k, v in accounting.items() if k not in ("modules", "layers")},
             **extra, "git_commit": git_commit(), "versions": versions(),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # newest run wins a table cell
             "modules": accounting["modules"], "layers": accounting["layers"]}

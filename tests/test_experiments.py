@@ -34,14 +34,15 @@ def expected(name: str) -> dict:
         return dict(model=model, method="dimap", ratio=0.0, epochs=0)
     if row.endswith("_single_module"):
         return dict(model=model, method="single_module", ratio=0.55, epochs=30)
-    m = re.fullmatch(r"swin_[tsb]_(uniform|dimap)_(19|28|38|50)", row)
+    m = re.fullmatch(r"swin_[tsb]_(uniform|dimap)_(19|28|38|50)(_prunable)?", row)
     assert m and table == "table3", f"unexpected experiment file {name}"
-    return dict(model=model, method=m[1], ratio=None, epochs=0)  # ratio: see test_table3_ratio_maps_share
+    # first reading (share of all parameters): see test_table3_ratio_maps_share; second: the share itself
+    return dict(model=model, method=m[1], ratio=int(m[2]) / 100 if m[3] else None, epochs=0)
 
 
 def test_all_paper_rows_have_a_file():
     counts = {t: sum(n.startswith(t + "/") for n in EXPERIMENTS) for t in ("table1", "table3", "table4")}
-    assert counts == {"table1": 9 + 3, "table3": 3 * 2 * 4, "table4": 3}
+    assert counts == {"table1": 9 + 3, "table3": 3 * 2 * 4 * 2, "table4": 3}  # Table 3: both readings
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -83,7 +84,7 @@ def test_true_counts_match_the_paper(true_counts):
     assert {k: v[0] for k, v in true_counts.items()} == {"swin_t": 28288354, "swin_s": 49606258, "swin_b": 87768224}
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith("table3/")])
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith("table3/") and not n.endswith("_prunable")])
 def test_table3_ratio_maps_share(name, true_counts):
     """The paper's Table 3 share is of ALL parameters; the per-module ratio in the file must remove that share
     (within 0.05 percentage points), counting exactly what the criteria remove per module."""
@@ -94,3 +95,17 @@ def test_table3_ratio_maps_share(name, true_counts):
     removed = sum(n_removed(n, ratio) for n in modules)
     assert abs(100 * removed / total - share) < 0.05
     assert f"r = {share / 100:.2f} x {total:,}" in (CONF / "experiment" / f"{name}.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.endswith("_prunable")])
+def test_table3_second_reading_states_its_share_of_all_parameters(name, true_counts):
+    """Second reading: the label is the share of the prunable weights; the file states what that removes of all."""
+    from omegaconf import OmegaConf
+    share = int(name.split("_")[-2])
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    assert OmegaConf.load(CONF / "experiment" / f"{name}.yaml").prune.ratio == share / 100
+    total, modules = true_counts[name.split("/")[1][:6]]
+    if "_dimap_" in name:  # uniform removes per layer: its count is checked by the criteria tests
+        removed = sum(n_removed(n, share / 100) for n in modules)
+        assert f"{removed:,} weights,\n# {100 * removed / total:.3f}% of all parameters" in text
+    assert f"table3/{name.split('/')[1].removesuffix('_prunable')}." in text  # points at the first reading

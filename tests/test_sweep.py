@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import sweep  # noqa: E402
 
 
-@pytest.mark.parametrize("table, rows", [("1", 12), ("3", 24), ("4", 3)])
+@pytest.mark.parametrize("table, rows", [("1", 12), ("3", 24 * 2), ("4", 3)])  # Table 3: both readings
 def test_each_table_sweeps_every_experiment_file_of_that_table(table, rows):
     files = {p.relative_to(ROOT / "conf/experiment").with_suffix("").as_posix()
              for p in (ROOT / f"conf/experiment/table{table}").glob("*.yaml")}

@@ -6,6 +6,8 @@ FLOPs are fvcore's: one multiply-add counts as one FLOP, at batch 1. Three conve
   linear layers, r being the share of prunable weights removed.
 - flops_sparse: each prunable linear layer's FLOPs scaled by its own kept fraction; attention matmuls, norms
   and everything else stay dense. DIMAP prunes deep layers (few tokens) hardest, so this reduction is smaller.
+- flops_official_*: the official Swin code's analytic count (`flops_official`), the one the paper's FLOPs column
+  was computed with (it gives the paper's dense 4.5 / 8.7 / 15.4 G); fvcore stays the measured count.
 """
 import contextlib
 
@@ -48,6 +50,59 @@ def flops_by_module(model: nn.Module, img_size: int, in_chans: int = 3) -> dict[
         counts = dict(analysis.by_module())
     model.train(was_training)
     return counts
+
+
+def flops_official(model: nn.Module) -> dict | None:
+    """The analytic count of the official Swin code (microsoft/Swin-Transformer, `SwinTransformer.flops()`).
+
+    Written from the Swin paper's complexity expressions, one multiply-add = one FLOP, at the model's own
+    resolution; None for a model that is not a timm SwinTransformer. Per block of C channels on h x w tokens
+    with windows of M tokens: W-MSA = 4hwC^2 (qkv 3hwC^2 + proj hwC^2) + 2(hw)MC (the two attention matmuls),
+    MLP = 2hw C x hidden, two LayerNorms hwC each; patch merging = hwC (norm) + (hw/4) 4C x 2C; patch embedding
+    and its norm; final norm; head. Unlike fvcore it counts no bias, softmax, GELU or pooling, and it keeps the
+    official code's final-norm term, num_features x patch tokens // 2**num_stages (four times the tokens the
+    last stage really has), so that it is the number the paper rounds.
+    Returns {"total": FLOPs, "layers": {prunable weight name: FLOPs}} (each linear layer = tokens x in x out,
+    which is fvcore's count of the same layer).
+    """
+    from timm.models.swin_transformer import SwinTransformer
+    if not isinstance(model, SwinTransformer):
+        return None
+    pe = model.patch_embed
+    (ho, wo), (ph, pw) = pe.grid_size, pe.patch_size
+    total = ho * wo * pe.proj.out_channels * pe.proj.in_channels * ph * pw
+    total += ho * wo * pe.proj.out_channels if not isinstance(pe.norm, nn.Identity) else 0
+    layers = {}
+    for i, stage in enumerate(model.layers):
+        if hasattr(stage.downsample, "reduction"):  # timm merges at the start of a stage, official at the end
+            h, w = stage.input_resolution
+            red = stage.downsample.reduction
+            total += h * w * (red.in_features // 4) + (h // 2) * (w // 2) * red.in_features * red.out_features
+        for j, blk in enumerate(stage.blocks):
+            h, w = blk.input_resolution
+            tokens, window, c = h * w, blk.window_size[0] * blk.window_size[1], blk.attn.qkv.in_features
+            prefix = f"layers.{i}.blocks.{j}."
+            for name, lin in (("attn.qkv", blk.attn.qkv), ("attn.proj", blk.attn.proj), ("mlp.fc1", blk.mlp.fc1),
+                              ("mlp.fc2", blk.mlp.fc2)):
+                layers[prefix + name + ".weight"] = tokens * lin.in_features * lin.out_features
+            total += 2 * tokens * window * c + 2 * tokens * c  # q @ k^T, attn @ v; norm1, norm2
+    total += sum(layers.values())
+    total += model.num_features * ho * wo // 2 ** len(model.layers)  # the official code's final-norm term
+    head = getattr(model.head, "fc", model.head)
+    total += head.in_features * head.out_features if isinstance(head, nn.Linear) else 0
+    return {"total": total, "layers": layers}
+
+
+def _official_columns(model: nn.Module, masks: dict, ratio: float) -> dict:
+    """flops_official_dense, and the paper's convention (dense - r x prunable linear FLOPs) on that count."""
+    official = flops_official(model)
+    if official is None or any(n not in official["layers"] for n in masks):
+        return {"flops_official_dense": None, "flops_official_paper": None,
+                "flops_official_paper_reduction_pct": None}
+    dense = official["total"]
+    paper = dense - ratio * sum(official["layers"][n] for n in masks)
+    return {"flops_official_dense": dense, "flops_official_paper": paper,
+            "flops_official_paper_reduction_pct": _pct(dense - paper, dense)}
 
 
 def _pct(removed: float, total: float) -> float:
@@ -97,6 +152,7 @@ def account(model: nn.Module, masks: dict[str, torch.Tensor], img_size: int, in_
         "flops_paper_reduction_pct": _pct(flops_dense - flops_paper, flops_dense),
         "flops_sparse": flops_sparse,
         "flops_sparse_reduction_pct": _pct(flops_dense - flops_sparse, flops_dense),
+        **_official_columns(model, masks, ratio),
         "modules": modules,
         "layers": layers,
     }

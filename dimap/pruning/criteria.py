@@ -1,10 +1,13 @@
 """Pruning criteria (docs/method.md, sections 3 and 4), side by side with one signature:
 
-    criterion(weights: dict[name, Tensor], ratio: float) -> dict[name, BoolTensor]   (True = kept)
+    criterion(weights: dict[name, Tensor], ratio: float | dict[module, float]) -> dict[name, BoolTensor]  (True = kept)
 
 `weights` are the prunable matrices (see `dimap.pruning.modules.prunable_weights`). A criterion decides which scores
 are compared with which (one group per module, one group for everything, one per layer); each group then loses
-exactly n_removed(group size, ratio) of its lowest-scoring weights. Ties go by position: earlier layer, then
+exactly n_removed(group size, ratio) of its lowest-scoring weights. `ratio` may also give one share per module
+({"QKV-M": 0.5, "PRJ-M": 0.4, "MLP-M": 0.6}; prune.module_ratios): dimap then removes each module's own share
+under its own threshold, uniform removes from every layer its module's share, and the one-group criteria
+(single_module, global_magnitude), which rank all modules together, refuse it. Ties go by position: earlier layer, then
 lower flat index, removed first. Adding a criterion is adding one function here, one line in CRITERIA and one
 file in conf/prune/.
 
@@ -21,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from dimap.errors import UserError
 from dimap.pruning.modules import modules_of
 from dimap.pruning.removal_count import n_removed
 from dimap.pruning.scores import dimap_scores, magnitude_scores, on_numpy, sorted_dimap_scores, sorted_magnitudes
@@ -201,24 +205,44 @@ def _eq10_masks(weights: dict[str, torch.Tensor], groups: list[list[str]], ratio
     return masks
 
 
+def _share(ratio, module: str) -> float:
+    """The share removed from `module`: `ratio` itself, or its entry for that module."""
+    return ratio[module] if isinstance(ratio, dict) else ratio
+
+
+def _one_share(ratio, criterion: str) -> float:
+    if isinstance(ratio, dict):
+        raise UserError(f"prune.module_ratios does not apply to {criterion}, which ranks every prunable weight under "
+                        "one threshold: drop prune.module_ratios or use prune=dimap (or uniform)")
+    return ratio
+
+
 def dimap(weights, ratio):
-    """DIMAP: Eq. 10 scores, one threshold per module (QKV-M, PRJ-M, MLP-M), the same ratio in each."""
-    return _eq10_masks(weights, list(modules_of(weights).values()), ratio)
+    """DIMAP: Eq. 10 scores, one threshold per module (QKV-M, PRJ-M, MLP-M), removing r of each module (the
+    same r in each unless `ratio` gives one per module: the paper does not say how it split its target)."""
+    masks = {}
+    for module, names in modules_of(weights).items():
+        masks.update(_eq10_masks(weights, [names], _share(ratio, module)))
+    return masks
 
 
 def single_module(weights, ratio):
     """Table 4 ablation: Eq. 10 scores, all prunable layers in one module with one threshold (global LAMP)."""
-    return _eq10_masks(weights, [list(weights)], ratio)
+    return _eq10_masks(weights, [list(weights)], _one_share(ratio, "single_module"))
 
 
 def uniform(weights, ratio):
-    """Table 3 baseline: every prunable layer loses the same share, by magnitude (layer-wise L1)."""
-    return _magnitude_masks(weights, [[n] for n in weights], ratio)
+    """Table 3 baseline: every prunable layer loses the same share, by magnitude (layer-wise L1); with one
+    share per module, every layer loses its module's share."""
+    masks = {}
+    for name in weights:
+        masks.update(_magnitude_masks(weights, [[name]], _share(ratio, weights.module[name])))
+    return masks
 
 
 def global_magnitude(weights, ratio):
     """One magnitude threshold over all prunable layers: the method the paper argues against."""
-    return _magnitude_masks(weights, [list(weights)], ratio)
+    return _magnitude_masks(weights, [list(weights)], _one_share(ratio, "global_magnitude"))
 
 
 CRITERIA = {f.__name__: f for f in (dimap, single_module, uniform, global_magnitude)}

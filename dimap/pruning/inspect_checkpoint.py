@@ -52,11 +52,24 @@ def compare_masks(checkpoint: dict[str, torch.Tensor], ours: dict[str, torch.Ten
             "layers": {n: _ratios(c) for n, c in layers.items()}}
 
 
+def module_removed_shares(masks: dict[str, torch.Tensor], module: dict[str, str]) -> dict[str, float]:
+    """The share of each module's prunable weights a mask set removes (1 - the module's kept fraction)."""
+    totals = {}
+    for name, m in masks.items():
+        n, kept = totals.get(module[name], (0, 0))
+        totals[module[name]] = (n + m.numel(), kept + int(m.sum()))
+    return {mod: 1 - kept / n for mod, (n, kept) in totals.items()}
+
+
 def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compare_method: str = "dimap"):
     """Load the pruned checkpoint `model_cfg['weights']` into `model_cfg`'s architecture and read its masks.
 
     With `compare_dense` (a dense checkpoint of the same architecture), also compute `compare_method`'s masks from
-    those dense weights at the checkpoint's measured removed share and compare the two mask sets.
+    those dense weights and compare the two mask sets twice: at the checkpoint's overall removed share (the same
+    r in every module, our decision), and at each module's own measured share (`per_module_ratio`; criteria that
+    rank per module or per layer only). The first mixes two questions, the split across modules and the score;
+    the second holds the split fixed to the checkpoint's, so it isolates the score. Together with the
+    checkpoint's per-module kept fractions they say whether the paper used the same ratio in every module.
     Returns (model, masks, comparison or None).
     """
     model = build_model(model_cfg).eval()
@@ -64,11 +77,44 @@ def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compar
     if not compare_dense:
         return model, masks, None
     removed = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    shares = module_removed_shares(masks, module_map(model))
     try:
         dense = build_model({**model_cfg, "weights": str(compare_dense)}).eval()
     except UserError as e:  # the dense weights come from prune.compare_dense here, not from model.weights
         raise UserError(str(e).replace("model.weights=", "prune.compare_dense=")) from None
     ours = compute_masks(dense, compare_method, removed)
     comparison = {"dense_weights": str(compare_dense), "method": compare_method, "ratio": removed,
+                  "checkpoint_module_removed": shares,
+                  "checkpoint_module_kept_fraction": {m: 1 - v for m, v in shares.items()},
+                  "module_share_spread": max(shares.values()) - min(shares.values()),
                   **compare_masks(masks, ours, module_map(model))}
+    if compare_method in ("dimap", "uniform"):
+        per_module = compute_masks(dense, compare_method, removed, module_ratios=shares)
+        comparison["per_module_ratio"] = {"module_ratios": shares,
+                                           **compare_masks(masks, per_module, module_map(model))}
     return model, masks, comparison
+
+
+# A dense pretrained Swin has essentially no prunable weight that is exactly 0.0; a pruned file has a share r of them.
+ALREADY_PRUNED = 0.01
+
+
+def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None):
+    """The masks a training or evaluation run applies to `model` (dense weights loaded), and what they are.
+
+    At ratio 0 (and no module_ratios) or with method "none" nothing is pruned here: the masks are the weights'
+    own zeros, as prune=none reads them, so an already pruned file (the authors' DIMAP checkpoints) is evaluated,
+    or finetuned, as the pruned model it is, and recorded as method "none" with ratio = its measured removed share
+    (0 for dense weights), never as "dimap, ratio 0". Otherwise `method`'s masks at `ratio`.
+    Returns (masks, record) with record = {method, ratio, masks_from, weights_zero_share, weights_already_pruned}.
+    """
+    zeros = checkpoint_masks(model)
+    n = sum(m.numel() for m in zeros.values())
+    zero_share = sum(int((~m).sum()) for m in zeros.values()) / n
+    record = {"weights_zero_share": zero_share, "weights_already_pruned": zero_share >= ALREADY_PRUNED}
+    if method == "none" or (ratio == 0 and not module_ratios):
+        return zeros, {"method": "none", "ratio": zero_share, "masks_from": "zeros of model.weights", **record}
+    masks = compute_masks(model, method, ratio, module_ratios)
+    if module_ratios:  # the share removed over all modules, as measured
+        ratio = sum(int((~m).sum()) for m in masks.values()) / n
+    return masks, {"method": method, "ratio": ratio, "masks_from": method, "module_ratios": module_ratios, **record}

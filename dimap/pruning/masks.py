@@ -10,7 +10,7 @@ from torch import nn
 
 from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
-from dimap.pruning.modules import module_map, prunable_weights
+from dimap.pruning.modules import PRUNABLE_MODULES, module_map, prunable_weights
 
 
 def check_ratio(ratio) -> float:
@@ -25,13 +25,33 @@ def check_method(method: str):
     return CRITERIA[method]
 
 
+def check_module_ratios(module_ratios, ratio: float) -> dict[str, float] | None:
+    """prune.module_ratios as {module: share} for every prunable module (unnamed modules take `ratio`), or None."""
+    if not module_ratios:
+        return None
+    if not isinstance(module_ratios, dict) or set(module_ratios) - set(PRUNABLE_MODULES):
+        raise UserError(f"prune.module_ratios={module_ratios!r} must map modules ({', '.join(PRUNABLE_MODULES)}) to "
+                        "shares, e.g. prune.module_ratios={QKV-M:0.5,PRJ-M:0.4,MLP-M:0.6}")
+    shares = {m: module_ratios.get(m, ratio) for m in PRUNABLE_MODULES}
+    for m, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise UserError(f"prune.module_ratios.{m}={share!r} is not a share in [0, 1): pass e.g. 0.5")
+    return {m: float(v) for m, v in shares.items()}
+
+
 @torch.no_grad()
-def compute_masks(model: nn.Module, method: str, ratio: float) -> dict[str, torch.Tensor]:
-    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data."""
+def compute_masks(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data.
+
+    `module_ratios` ({"QKV-M": 0.5, ...}) removes a different share from each module (modules it does not name
+    keep `ratio`); only for criteria that rank each module, or each layer, on its own (dimap, uniform).
+    """
     criterion = check_method(method)
     ratio = check_ratio(ratio)
+    shares = check_module_ratios(module_ratios, ratio)
     weights = prunable_weights(model)
-    masks = criterion(weights, ratio)
+    masks = criterion(weights, shares if shares is not None else ratio)
     return {n: masks[n] for n in weights}  # network order, whatever order the criterion grouped them in
 
 

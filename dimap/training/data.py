@@ -180,7 +180,7 @@ def _has_image(folder):
     return False
 
 
-def _imagenet(data):
+def _imagenet(data, train_split: bool = True):
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
     root = data.get("root")
@@ -189,9 +189,10 @@ def _imagenet(data):
             f"data.root={root} does not exist: pass data.root=PATH to an ImageNet folder with train/ and val/."
         )
     root = str(root)
-    for split in ("train", "val"):
+    for split in ("train", "val") if train_split else ("val",):
         if not os.path.isdir(os.path.join(root, split)):
-            raise UserError(f"{os.path.join(root, split)} is missing: data.root must hold train/ and val/ class folders.")
+            raise UserError(f"{os.path.join(root, split)} is missing: data.root must hold train/ and val/ class folders"
+                            + ("." if train_split else " (val/ is enough to evaluate only)."))
     aug = dict(data.get("aug") or {})
     common = dict(
         input_size=int(data.get("img_size", 224)),
@@ -211,18 +212,21 @@ def _imagenet(data):
     )
     val_tf = create_transform(is_training=False, crop_pct=float(data.get("crop_pct", 0.875)), **common)
     max_bad = int(data.get("max_bad_images", 0))
-    train = _image_folder(os.path.join(root, "train"), train_tf, max_bad)
     val = _image_folder(os.path.join(root, "val"), val_tf, max_bad)
+    if not train_split:  # evaluation only: no train/ folder needed
+        return None, val, len(val.classes)
+    train = _image_folder(os.path.join(root, "train"), train_tf, max_bad)
     if train.classes != val.classes:
         raise UserError(f"{root}/train and {root}/val have different class folders: give them the same classes.")
     return train, val, len(train.classes)
 
 
-def build_datasets(data):
-    """(train_ds, val_ds, num_classes) for the data config `data` (a DictConfig or a plain dict)."""
+def build_datasets(data, train_split: bool = True):
+    """(train_ds, val_ds, num_classes) for the data config `data` (a DictConfig or a plain dict); train_ds is None
+    with `train_split=False` (evaluation only)."""
     name = data.get("name")
     if name == "imagenet":
-        return _imagenet(data)
+        return _imagenet(data, train_split)
     if name == "mnist5k":
         return _mnist5k(data)
     raise UserError(f"data.name={name} is unknown: pass data=imagenet or data=mnist5k.")
@@ -243,14 +247,21 @@ def capped_workers(requested: int, world_size: int = 1, rank: int = 0) -> int:
 
 
 def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, seed=0, num_workers=0,
-                  pin_memory=False):
-    """(train_loader, val_loader, num_classes); batch sizes are per rank.
+                  pin_memory=False, train_split: bool = True):
+    """(train_loader, val_loader, num_classes); batch sizes are per rank. With `train_split=False` (evaluation
+    only) train_loader is None and neither a train/ folder nor a full training batch is needed.
 
     The train order and augmentation are pure functions of (seed, epoch): call train_loader.sampler.set_epoch(epoch)
     before each epoch, and a resumed run sees the same batches (EpochSeededSampler, even on one process). The train
     loader's workers are therefore started anew each epoch (not persistent): a persistent worker would carry its
     random state over from the epochs before, which a resumed run never saw."""
-    train_ds, val_ds, num_classes = build_datasets(data)
+    train_ds, val_ds, num_classes = build_datasets(data, train_split)
+    num_workers = capped_workers(num_workers, world_size, rank)
+    extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    val_sampler = ShardedEvalSampler(val_ds, num_replicas=world_size, rank=rank)
+    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=val_sampler, drop_last=False, **extra)
+    if not train_split:
+        return None, val_loader, num_classes
     if len(train_ds) < batch_size * world_size:
         raise UserError(
             f"{len(train_ds)} training images cannot fill one batch of {batch_size} x {world_size} ranks: "
@@ -259,13 +270,9 @@ def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, se
     generator = torch.Generator()
     train_sampler = ResumableSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
                                      shuffle=True, drop_last=True)
-    num_workers = capped_workers(num_workers, world_size, rank)
-    extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     # Without workers the main process augments, from its own (checkpointed) RNG, which the loader's base-seed
     # draw then keeps advancing as it always has: the runs and records made before stay reproducible.
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
                               generator=generator if num_workers > 0 else None,
                               **(extra | {"persistent_workers": False}))
-    val_sampler = ShardedEvalSampler(val_ds, num_replicas=world_size, rank=rank)
-    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=val_sampler, drop_last=False, **extra)
     return train_loader, val_loader, num_classes

@@ -39,6 +39,8 @@ def table1_row(summary: dict) -> dict:
     """One row as in the paper's Table 1 (params in millions, paper-style FLOPs in G, reductions in %)."""
     ratio = summary["ratio"]
     variant = PAPER_VARIANTS.get(round(ratio, 2), "") if summary["method"] == "dimap" else ""
+    if summary["method"] == "none" and ratio == 0:  # an evaluation of dense weights (train.py at ratio 0)
+        variant = "dense"
     return {"model": summary.get("model_short", summary["model"]), "variant": variant or summary["method"],
             "method": summary["method"], "ratio": ratio, "top1": summary.get("top1"), "top5": summary.get("top5"),
             "params_m": summary["params_nonzero"] / 1e6, "params_reduction_pct": summary["params_reduction_pct"],

@@ -101,3 +101,21 @@ def test_prunable_weights_of_loaded_checkpoint_are_zero_where_pruned(checkpoints
     model = build_model({"name": "swin_tiny_patch4_window7_224", "kwargs": KWARGS, "weights": str(pruned)})
     for name, w in prunable_weights(model).items():
         assert torch.equal(w != 0, true_masks[name])
+
+
+def test_per_module_comparison_recovers_another_split(tmp_path):
+    """A checkpoint pruned with a different share per module: the equal-r comparison disagrees, the comparison at
+    each module's own measured share agrees bit for bit, and the per-module kept fractions show the split."""
+    shares = {"QKV-M": 0.3, "PRJ-M": 0.5, "MLP-M": 0.7}
+    model = make_tiny_swin(seed=2, **KWARGS).eval()
+    torch.save({"model": official(model.state_dict())}, tmp_path / "dense.pth")
+    apply_masks(model, compute_masks(model, "dimap", 0.5, module_ratios=shares))
+    torch.save({"model": official(model.state_dict())}, tmp_path / "pruned.pth")
+    s = prune.run(inspect_cfg(tmp_path / "pruned.pth", tmp_path / "out", f"prune.compare_dense={tmp_path / 'dense.pth'}"))
+    comp = s["compare"]
+    assert comp["checkpoint_module_kept_fraction"] == pytest.approx({m: 1 - v for m, v in shares.items()}, abs=0.01)
+    assert comp["module_share_spread"] == pytest.approx(0.4, abs=0.02)
+    assert comp["overall"]["iou_kept"] < 0.99
+    per_module = comp["per_module_ratio"]
+    assert per_module["overall"]["iou_kept"] == 1.0 and per_module["overall"]["same_bits"] == 1.0
+    assert per_module["module_ratios"] == comp["checkpoint_module_removed"]
