@@ -6,6 +6,7 @@ dies with its process, so a run killed by kill -9, an OOM or a node failure leav
 its resumption; the file also names the holder (host, pid) so that a refused run can say who is writing.
 """
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -16,9 +17,11 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from dimap.errors import UserError
-from dimap.training.distributed import barrier, broadcast_object, cpu_group, is_main, max_over_ranks
+from dimap.training.distributed import barrier, cpu_group, is_main, max_over_ranks, on_main_shared
 
 LOCK = ".lock"
+# flock's answers on a filesystem that has no locks (Lustre mounted without -o flock, some NFS setups)
+NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
 
 
 class OutputLock:
@@ -32,7 +35,15 @@ class OutputLock:
         return self.dir / LOCK
 
     def acquire(self) -> str | None:
-        """None when the lock is ours now, else 'host HOST, pid PID' of the run holding it."""
+        """None when the lock is ours now (or the filesystem has no locks: a warning, the run goes on unguarded),
+        else 'host HOST, pid PID' of the run holding it. Any other OS error is a UserError naming the folder."""
+        try:
+            return self._acquire()
+        except OSError as e:
+            raise UserError(f"cannot create the lock file {self.path} ({e.strerror or e}): make output_dir "
+                            "writable or choose another one") from None
+
+    def _acquire(self) -> str | None:
         self.created_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         while True:
@@ -43,6 +54,14 @@ class OutputLock:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 return holder
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in NO_LOCKS:
+                    raise
+                self.path.unlink(missing_ok=True)
+                print(f"warning: the filesystem of {self.dir} has no file locks ({e.strerror}): nothing stops a "
+                      "second run from writing into this output_dir at the same time", flush=True)
+                return None
             # the holder may have released and unlinked the file between our open and flock: lock the new one
             try:
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
@@ -71,9 +90,10 @@ class OutputLock:
 
 @contextlib.contextmanager
 def hold_output_dir(out_dir: str | Path, main: bool):
-    """Rank 0 locks `out_dir` for the block; every rank refuses together (UserError) if another run holds it."""
+    """Rank 0 locks `out_dir` for the block; every rank refuses together (UserError) if another run holds it, or
+    if rank 0 cannot create the lock file (on_main_shared: no rank is left waiting for the others)."""
     lock = OutputLock(out_dir) if main else None
-    holder = broadcast_object(lock.acquire() if lock else None)
+    holder = on_main_shared(lock.acquire if lock else lambda: None)
     if holder is not None:
         raise UserError(f"output_dir={out_dir} is being written by another run ({holder}; lock file "
                         f"{Path(out_dir) / LOCK}): wait for it to end, stop it, or choose another output_dir")

@@ -145,6 +145,34 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def on_main_shared(fn):
+    """`fn()` on rank 0 only; every rank returns its result, or raises together when it failed (a collective: all
+    ranks call it). A rank-0-only step that raises alone (a full disk under a checkpoint, an I/O error on the lock
+    file) would leave the other ranks in their next collective until the 30-minute NCCL timeout wherever no
+    torchrun stops them (Slurm tasks started by submitit). Rank 0 re-raises its own error; the others raise a
+    UserError with its sentence (or a RuntimeError naming it, for a bug)."""
+    result = error = None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # shared below; rank 0 raises the original
+            error = e
+    if not is_dist():
+        if error is not None:
+            raise error
+        return result
+    result, failure = broadcast_object((result, None if error is None else (isinstance(error, UserError),
+                                                                            f"{type(error).__name__}: {error}")))
+    if error is not None:
+        raise error
+    if failure is not None:
+        user, message = failure
+        if user:
+            raise UserError(message.split(": ", 1)[1])
+        raise RuntimeError(f"rank 0 failed ({message}); this rank stops with it")
+    return result
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

@@ -13,7 +13,7 @@ import torch
 
 from dimap.training.checkpoint import seed_everything
 from dimap.training.data import build_loaders
-from dimap.training.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.training.distributed import get_rank, get_world_size, is_main, on_main_shared, wrap_ddp
 from dimap.training.engine import evaluate, train_one_epoch
 from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, eval_amp_dtype,
                                    grad_scaler, resolve_batches, scaled_lrs, updates_per_epoch)
@@ -84,11 +84,13 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
     ev = evaluate(model, val_loader, device, amp_dtype=eval_amp_dtype(rc, device), progress=is_main(),
                   desc="eval dense")
     log(f"pretrained dense model: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
-    if is_main():
+
+    def write_cache() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "top1": ev["top1"], "top5": ev["top5"], "key": key}, tmp)
         os.replace(tmp, path)
-    barrier()
+
+    on_main_shared(write_cache)  # rank 0 writes, every rank waits for it (and fails with it)
     return {"cache": str(path), "cached": False, "top1": ev["top1"], "top5": ev["top5"]}

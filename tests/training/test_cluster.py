@@ -113,3 +113,41 @@ def test_a_signal_caught_by_one_rank_stops_every_rank_at_the_same_step(tmp_path)
     results = mp.Manager().dict()
     mp.spawn(_agree, args=(2, tmp_path / "init", results), nprocs=2)
     assert dict(results) == {0: (0, sig.SIGUSR1), 1: (0, sig.SIGUSR1)}
+
+
+def _rank0_lock_fails(rank, world, init_file, out, flock_errno, results):
+    """hold_output_dir on two gloo ranks where rank 0's flock raises `flock_errno`; then one more collective, as
+    train.py's next step makes. A short gloo timeout turns a rank left waiting into an error instead of a hang."""
+    import datetime
+    import fcntl
+    import torch.distributed as dist
+    from dimap.training.cluster import hold_output_dir
+
+    def flock(fd, op):
+        raise OSError(flock_errno, os.strerror(flock_errno))
+
+    fcntl.flock = flock
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        with hold_output_dir(out, rank == 0):
+            dist.barrier()
+        results[rank] = ("ran", "")
+    except Exception as e:
+        results[rank] = (type(e).__name__, str(e))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("flock_errno, outcome", [(5, "UserError"), (38, "ran")])  # EIO; ENOSYS (no locks there)
+def test_a_lock_file_error_on_rank_0_ends_every_rank_together_or_none(tmp_path, flock_errno, outcome):
+    """Rank 0 alone touches the lock. Before: its OSError left rank 1 waiting in the broadcast until the timeout
+    (30 min under NCCL, where no torchrun stops it: Slurm tasks of submitit). A filesystem without locks (Lustre
+    without -o flock) is a warning, not a failure."""
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_rank0_lock_fails, args=(2, tmp_path / "init", tmp_path / "out", flock_errno, results), nprocs=2)
+    assert results[0] == results[1] and results[0][0] == outcome
+    if outcome == "UserError":
+        assert results[0][1].startswith(f"cannot create the lock file {tmp_path / 'out' / LOCK}")
+    else:  # the run went on unguarded and left no lock file that would name nobody
+        assert not (tmp_path / "out" / LOCK).exists()

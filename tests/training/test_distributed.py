@@ -114,3 +114,39 @@ def test_one_visible_gpu_per_process_is_used_whatever_local_rank_says(monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 4 processes on 2 GPUs: refused, not shared
     with pytest.raises(UserError, match="nproc_per_node"):
         init_distributed("cuda")
+
+
+def _rank0_fails(rank, world, init_file, error, results):
+    import datetime
+    import torch.distributed as dist
+
+    def write():
+        raise error  # e.g. a full disk under rank 0's checkpoint
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        distributed.on_main_shared(write)
+        dist.barrier()  # the next collective every rank would reach
+        results[rank] = ("ran", "")
+    except Exception as e:
+        results[rank] = (type(e).__name__, str(e))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("error", [UserError("no space left: free some"), OSError(5, "Input/output error")])
+def test_a_rank_0_failure_ends_every_rank_together_not_at_the_timeout(tmp_path, error):
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_rank0_fails, args=(2, tmp_path / "init", error, results), nprocs=2)
+    if isinstance(error, UserError):  # the same sentence on every rank
+        assert results[0] == results[1] == ("UserError", str(error))
+    else:  # rank 0 keeps its own error (traceback), the others name it
+        assert results[0] == ("OSError", str(error))
+        assert results[1] == ("RuntimeError", f"rank 0 failed (OSError: {error}); this rank stops with it")
+
+
+def test_on_main_shared_without_a_process_group_is_a_plain_call():
+    assert distributed.on_main_shared(lambda: 7) == 7
+    with pytest.raises(OSError):
+        distributed.on_main_shared(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
