@@ -151,3 +151,21 @@ def test_a_lock_file_error_on_rank_0_ends_every_rank_together_or_none(tmp_path, 
         assert results[0][1].startswith(f"cannot create the lock file {tmp_path / 'out' / LOCK}")
     else:  # the run went on unguarded and left no lock file that would name nobody
         assert not (tmp_path / "out" / LOCK).exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_sentence(tmp_path, capsys, monkeypatch):
+    """A full disk (ENOSPC) under rank 0's checkpoint: one sentence and exit 2 on every rank (shared through
+    on_main_shared), not a traceback on rank 0 alone while the others wait at the next collective."""
+    sys.path.insert(0, str(ROOT))
+    from dimap.training import finetune
+    from tests.test_train_cli import run
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(finetune, "save_checkpoint", full_disk)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "run", "train.epochs=1")
+    err = capsys.readouterr().err.strip()  # the progress bars' lines, then the sentence
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "(No space left on device): free space there" in err.splitlines()[-1]
