@@ -5,6 +5,7 @@ and puts its tensors on the device the backend reduces on (CUDA for NCCL), so no
 """
 import datetime
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -114,8 +115,28 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def cpu_group():
     """A gloo group over all ranks for small control values kept on the CPU (no GPU synchronisation), or None
-    without a process group. A collective call: every rank makes it, in the same order."""
-    return dist.new_group(backend="gloo") if is_dist() else None
+    without a process group. A collective call: every rank makes it, in the same order.
+
+    Across nodes gloo, unlike NCCL, binds to the address the host's own name resolves to: where that is a loopback
+    address (Debian's 127.0.1.1 line in /etc/hosts) the other nodes cannot connect and new_group would wait out the
+    30-minute timeout. Such a run is refused up front, on every rank together, naming GLOO_SOCKET_IFNAME."""
+    if not is_dist():
+        return None
+    if not os.environ.get("GLOO_SOCKET_IFNAME"):
+        hosts = all_gather_object((socket.gethostname(), _own_address()))
+        loopback = sorted({f"{h} ({a})" for h, a in hosts if a.startswith("127.") or a in ("::1", "unresolved")})
+        if len({h for h, _ in hosts}) > 1 and loopback:
+            raise UserError(f"{', '.join(loopback)} resolve(s) its own name to a loopback address, which the other "
+                            "nodes cannot reach over gloo: export GLOO_SOCKET_IFNAME=<the interface the nodes share, "
+                            "as NCCL_SOCKET_IFNAME, e.g. ib0 or eth0> on every node")
+    return dist.new_group(backend="gloo")
+
+
+def _own_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "unresolved"
 
 
 def max_over_ranks(value: int, group) -> int:

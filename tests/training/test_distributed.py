@@ -150,3 +150,35 @@ def test_on_main_shared_without_a_process_group_is_a_plain_call():
     assert distributed.on_main_shared(lambda: 7) == 7
     with pytest.raises(OSError):
         distributed.on_main_shared(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """Ranks on hosts gpu07 (this one, its name resolving to `own`) and gpu08 (a routable address); new_group
+    recorded instead of made."""
+    made, own = [], {"address": "10.0.0.7"}
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.socket, "gethostname", lambda: "gpu07")
+    monkeypatch.setattr(distributed.socket, "gethostbyname", lambda name: own["address"])
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [obj, ("gpu08", "10.0.0.8")])
+    monkeypatch.setattr(distributed.dist, "new_group", lambda **kw: made.append(kw) or "group")
+    return made, own
+
+
+def test_the_gloo_side_group_across_nodes_is_refused_where_a_host_name_resolves_to_loopback(two_nodes, monkeypatch):
+    made, own = two_nodes
+    assert distributed.cpu_group() == "group" and made == [{"backend": "gloo"}]  # routable: made
+    own["address"] = "127.0.1.1"  # Debian's /etc/hosts: gloo would bind there, gpu08 could never connect
+    with pytest.raises(UserError, match=r"gpu07 \(127\.0\.1\.1\) resolve.*export GLOO_SOCKET_IFNAME="):
+        distributed.cpu_group()
+    assert len(made) == 1
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ib0")  # the user named the interface: gloo binds there
+    assert distributed.cpu_group() == "group" and len(made) == 2
+
+
+def test_one_node_may_resolve_its_name_to_loopback(two_nodes, monkeypatch):
+    made, own = two_nodes
+    own["address"] = "127.0.1.1"
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [obj, ("gpu07", "127.0.1.1")])
+    assert distributed.cpu_group() == "group"
