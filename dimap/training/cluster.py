@@ -17,7 +17,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from dimap.errors import UserError
-from dimap.training.distributed import barrier, cpu_group, is_main, max_over_ranks, on_main_shared
+from dimap.training.distributed import (barrier, cpu_group, is_main, max_over_ranks, on_main_shared,
+                                       start_max_over_ranks)
 
 LOCK = ".lock"
 # flock's answers on a filesystem that has no locks (Lustre mounted without -o flock, some NFS setups)
@@ -150,16 +151,20 @@ class RegenerateTables(Callback):
 class Preemption:
     """Stop requests from the cluster: SIGTERM (preemption, scancel, Slurm's time limit), SIGUSR1 (`sbatch
     --signal=USR1@SECONDS`) and SIGUSR2 (what submitit asks Slurm to send before the time limit). The handler only
-    notes the signal; the training loop asks `requested()` after every optimizer step (all ranks agree on the same
+    notes the signal; the training loop asks `poll()` after every optimizer step (all ranks agree on the same
     step), writes a mid-epoch checkpoint and calls `exit()`. Used as a context manager: handlers restored after.
 
     The ranks agree through a gloo group of their own, on the CPU: asking costs no GPU synchronisation per step.
+    `poll()` does not wait for that all-reduce either: it starts one and answers with the previous one's result,
+    finished by then (every rank has been through a gradient all-reduce since), so a stop lands one update later
+    and no step pays the gloo round trip (0.5 ms for 2 ranks here on a 2-core CPU, 5 ms for 8 oversubscribed
+    ones; more across nodes over TCP), which a blocking all-reduce would add to every update.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
-        self.signum, self.previous, self.group = 0, {}, None
+        self.signum, self.previous, self.group, self.pending = 0, {}, None, None
 
     def __enter__(self):
         self.group = cpu_group()  # every rank enters (a collective call)
@@ -168,6 +173,8 @@ class Preemption:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is None:
+            self._finish_pending()  # no collective left in flight on a group about to go
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
@@ -178,7 +185,22 @@ class Preemption:
 
     def requested(self) -> int:
         """The signal any rank caught (0: none), the same on every rank (an all-reduce: call it on all)."""
+        self._finish_pending()
         return max_over_ranks(self.signum, self.group)
+
+    def poll(self) -> int:
+        """As `requested()` one call late, without waiting: the signal any rank had caught at the previous poll (0
+        at the first), the same on every rank; call it on all ranks at the same steps. Without a process group it
+        is this process's signal, at once."""
+        if self.group is None:
+            return self.signum
+        agreed = self._finish_pending()
+        self.pending = start_max_over_ranks(self.signum, self.group)
+        return agreed
+
+    def _finish_pending(self) -> int:
+        result, self.pending = self.pending, None
+        return result() if result is not None else 0
 
     def exit(self, signum: int) -> None:
         """After the checkpoint: under submitit, its own handler for this signal requeues the job (rank 0: it runs

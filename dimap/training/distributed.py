@@ -147,6 +147,19 @@ def max_over_ranks(value: int, group) -> int:
     return int(t.item())
 
 
+def start_max_over_ranks(value: int, group):
+    """max_over_ranks without waiting: starts the all-reduce through `group` (not None) and returns a function
+    that waits for it and gives the result."""
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
+
+    def result() -> int:
+        work.wait()
+        return int(t.item())
+
+    return result
+
+
 def all_gather_object(obj) -> list:
     """`obj` of every rank, in rank order. Under NCCL torch pickles through this process's current GPU, which
     init_distributed set (torch.cuda.set_device), so objects holding CPU tensors are fine."""

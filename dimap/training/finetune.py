@@ -146,7 +146,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
 
     def on_update(step: int, totals, skipped: int) -> bool:
         """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates."""
-        stop = preemption is not None and preemption.requested()
+        stop = preemption is not None and preemption.poll()  # agreed by all ranks, one update late
         if stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps):
             partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
             checkpoint(epoch - 1, step=step, partial=partial)

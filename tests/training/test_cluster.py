@@ -169,3 +169,26 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_sentence(tmp_pa
     err = capsys.readouterr().err.strip()  # the progress bars' lines, then the sentence
     assert e.value.code == 2 and "Traceback" not in err
     assert "(No space left on device): free space there" in err.splitlines()[-1]
+
+
+def _poll(rank, world, init_file, results):
+    import signal as sig
+    import torch.distributed as dist
+    from dimap.training.cluster import Preemption
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    with Preemption() as preemption:
+        answers = [preemption.poll()]
+        if rank == 1:
+            os.kill(os.getpid(), sig.SIGUSR1)  # between two updates, on one rank only
+        answers += [preemption.poll(), preemption.poll(), preemption.requested()]
+    results[rank] = answers
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_poll_gives_every_rank_the_same_answer_at_the_same_update_one_update_late(tmp_path):
+    import signal as sig
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_poll, args=(2, tmp_path / "init", results), nprocs=2)
+    assert dict(results) == {r: [0, 0, sig.SIGUSR1, sig.SIGUSR1] for r in (0, 1)}
