@@ -23,6 +23,20 @@ from dimap.training.distributed import (barrier, cpu_group, is_main, max_over_ra
 LOCK = ".lock"
 # flock's answers on a filesystem that has no locks (Lustre mounted without -o flock, some NFS setups)
 NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
+# Lock descriptors held by this process. A forked child (a DataLoader worker) inherits them, and a flock lives as
+# long as any copy is open: after a kill -9 the orphaned workers, which notice their parent's death only seconds
+# later, would still hold the lock and refuse the resumed run. Children close their copies at once.
+_HELD: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class OutputLock:
@@ -74,6 +88,7 @@ class OutputLock:
         os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode())
         os.fsync(fd)
         self.fd = fd
+        _HELD.add(fd)
         return None
 
     def release(self) -> None:
@@ -83,6 +98,7 @@ class OutputLock:
             return
         self.path.unlink(missing_ok=True)
         os.close(self.fd)
+        _HELD.discard(self.fd)
         self.fd = None
         if self.created_dir:
             with contextlib.suppress(OSError):

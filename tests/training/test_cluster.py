@@ -192,3 +192,25 @@ def test_poll_gives_every_rank_the_same_answer_at_the_same_update_one_update_lat
     results = mp.Manager().dict()
     mp.spawn(_poll, args=(2, tmp_path / "init", results), nprocs=2)
     assert dict(results) == {r: [0, 0, sig.SIGUSR1, sig.SIGUSR1] for r in (0, 1)}
+
+
+def test_a_forked_child_such_as_a_dataloader_worker_does_not_keep_the_lock(tmp_path):
+    """After kill -9 of the run, its orphaned DataLoader workers live on for seconds: they must not hold the lock
+    that the resumed run (the same command, requeued at once) needs. Before: the resume was refused."""
+    import signal as sig
+    lock = OutputLock(tmp_path)
+    assert lock.acquire() is None
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: outlives its parent's lock for a while
+        import time
+        os.write(ready_w, b"1")  # started (fork's child hooks have run)
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        os.close(lock.fd)  # the parent dies without releasing it (kill -9)
+        assert OutputLock(tmp_path).acquire() is None  # the next run gets the lock while the child still lives
+    finally:
+        os.kill(child, sig.SIGKILL)
+        os.waitpid(child, 0)
