@@ -34,8 +34,9 @@ E2E_COMMON = ["experiment=table1/swin_t_dimap3", "model.weights=random", "++mode
 SIZES = {
     "gpu": {
         "imagefolder": [],
-        "e2e": ["device=cuda", "train.amp=bf16", "train.channels_last=true", "train.global_batch=128",
-                "train.batch_size=128", "train.eval_batch_size=250", "data.num_workers=8"],
+        # EMA on: its own FixedMask (masks from the CPU, the EMA copy on the GPU) runs under NCCL too
+        "e2e": ["device=cuda", "train.amp=bf16", "train.channels_last=true", "train.ema=true",
+                "train.global_batch=128", "train.batch_size=128", "train.eval_batch_size=250", "data.num_workers=8"],
         "throughput": ["--device", "cuda", "--amp", "bf16", "--model", "swin_t", "--batch", "128", "--steps", "20",
                        "--repeats", "5", "--warmup-steps", "5"],
         "data": ["--workers", "1", "2", "4", "8", "--images", "2048", "--batch", "32"],

@@ -5,6 +5,7 @@ and puts its tensors on the device the backend reduces on (CUDA for NCCL), so no
 """
 import datetime
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -114,8 +115,28 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def cpu_group():
     """A gloo group over all ranks for small control values kept on the CPU (no GPU synchronisation), or None
-    without a process group. A collective call: every rank makes it, in the same order."""
-    return dist.new_group(backend="gloo") if is_dist() else None
+    without a process group. A collective call: every rank makes it, in the same order.
+
+    Across nodes gloo, unlike NCCL, binds to the address the host's own name resolves to: where that is a loopback
+    address (Debian's 127.0.1.1 line in /etc/hosts) the other nodes cannot connect and new_group would wait out the
+    30-minute timeout. Such a run is refused up front, on every rank together, naming GLOO_SOCKET_IFNAME."""
+    if not is_dist():
+        return None
+    if not os.environ.get("GLOO_SOCKET_IFNAME"):
+        hosts = all_gather_object((socket.gethostname(), _own_address()))
+        loopback = sorted({f"{h} ({a})" for h, a in hosts if a.startswith("127.") or a in ("::1", "unresolved")})
+        if len({h for h, _ in hosts}) > 1 and loopback:
+            raise UserError(f"{', '.join(loopback)} resolve(s) its own name to a loopback address, which the other "
+                            "nodes cannot reach over gloo: export GLOO_SOCKET_IFNAME=<the interface the nodes share, "
+                            "as NCCL_SOCKET_IFNAME, e.g. ib0 or eth0> on every node")
+    return dist.new_group(backend="gloo")
+
+
+def _own_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "unresolved"
 
 
 def max_over_ranks(value: int, group) -> int:
@@ -124,6 +145,19 @@ def max_over_ranks(value: int, group) -> int:
     if group is not None:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
+
+
+def start_max_over_ranks(value: int, group):
+    """max_over_ranks without waiting: starts the all-reduce through `group` (not None) and returns a function
+    that waits for it and gives the result."""
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
+
+    def result() -> int:
+        work.wait()
+        return int(t.item())
+
+    return result
 
 
 def all_gather_object(obj) -> list:
@@ -143,6 +177,34 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main_shared(fn):
+    """`fn()` on rank 0 only; every rank returns its result, or raises together when it failed (a collective: all
+    ranks call it). A rank-0-only step that raises alone (a full disk under a checkpoint, an I/O error on the lock
+    file) would leave the other ranks in their next collective until the 30-minute NCCL timeout wherever no
+    torchrun stops them (Slurm tasks started by submitit). Rank 0 re-raises its own error; the others raise a
+    UserError with its sentence (or a RuntimeError naming it, for a bug)."""
+    result = error = None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # shared below; rank 0 raises the original
+            error = e
+    if not is_dist():
+        if error is not None:
+            raise error
+        return result
+    result, failure = broadcast_object((result, None if error is None else (isinstance(error, UserError),
+                                                                            f"{type(error).__name__}: {error}")))
+    if error is not None:
+        raise error
+    if failure is not None:
+        user, message = failure
+        if user:
+            raise UserError(message.split(": ", 1)[1])
+        raise RuntimeError(f"rank 0 failed ({message}); this rank stops with it")
+    return result
 
 
 def cleanup() -> None:

@@ -9,7 +9,8 @@ import torch
 
 from dimap.training.checkpoint import (restore_rng_state, rng_state, save_checkpoint, seed_everything,
                                        set_rng_state)
-from dimap.training.distributed import all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.training.distributed import (all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main,
+                                       on_main_shared, wrap_ddp)
 from dimap.training.engine import evaluate, train_one_epoch
 from dimap.errors import UserError
 from dimap.pruning.masks import FixedMask, mask_checksum
@@ -113,11 +114,15 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     log(f"finetuning {tc['epochs']} epochs on {world} process(es): global batch {batches.global_batch} "
         f"({batches.per_process} x {batches.accum_steps} accum x {world}), lr {lrs['lr']:.3e}")
 
-    def checkpoint(epoch_done: int, is_best: bool = False, **mid_epoch) -> None:
-        """last.pt after `epoch_done` (all ranks call it: the RNG states are gathered); `mid_epoch`: step (batches
-        done in the next epoch) and partial (each rank's loss sums and skipped steps so far in it)."""
+    def checkpoint(epoch_done: int, is_best: bool = False, then=None, **mid_epoch) -> None:
+        """last.pt after `epoch_done`, then `then()` (rank 0); all ranks call it and fail together if rank 0's
+        writing does. `mid_epoch`: step (batches done in the next epoch) and partial (each rank's loss sums and
+        skipped steps so far in it)."""
         rngs = all_gather_object(rng_state())
-        if main:
+        on_main_shared(lambda: write_checkpoint(rngs, epoch_done, is_best, mid_epoch, then))
+
+    def write_checkpoint(rngs, epoch_done, is_best, mid_epoch, then) -> None:
+        try:
             save_checkpoint({
                 "model": model.state_dict(), "masks": masks, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -126,12 +131,22 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
                 "mask_checksum": mask_checksum(masks), "world_size": world, "global_batch": batches.global_batch,
                 "wandb_id": logger.run_id if logger is not None else None, **mid_epoch,
             }, Path(out_dir) / "checkpoints", is_best=is_best)
+            if then is not None:
+                then()
+        except OSError as e:  # a full disk or quota: every rank stops in one sentence, the last checkpoint kept
+            raise UserError(f"writing to {out_dir} failed ({e.strerror or e}): free space there (or fix its "
+                            "permissions) and run the same command to resume from the last checkpoint") from None
+
+    def write_epoch_log(row: dict) -> None:
+        write_log(Path(out_dir) / "log.jsonl", history)
+        if logger is not None:
+            logger.log({k: v for k, v in row.items() if k != "epoch"} | {"epoch": row["epoch"]}, step=row["epoch"])
 
     every = int(tc.get("checkpoint_every_steps") or 0)
 
     def on_update(step: int, totals, skipped: int) -> bool:
         """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates."""
-        stop = preemption is not None and preemption.requested()
+        stop = preemption is not None and preemption.poll()  # agreed by all ranks, one update late
         if stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps):
             partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
             checkpoint(epoch - 1, step=step, partial=partial)
@@ -169,11 +184,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         best = max(best, ev["top1"])
         log(f"epoch {epoch}: loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  top-1 {row['top1']:.2f}  "
             f"top-5 {row['top5']:.2f}  ({row['time']:.0f} s)")
-        checkpoint(epoch, is_best)
-        if main:
-            write_log(Path(out_dir) / "log.jsonl", history)
-            if logger is not None:
-                logger.log({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
+        checkpoint(epoch, is_best, then=lambda: write_epoch_log(row))
         if preemption is not None and epoch + 1 < int(tc["epochs"]) and (signum := preemption.requested()):
             preemption.exit(signum)  # asked during evaluation: the epoch's checkpoint is the one to resume from
     if ema is not None:

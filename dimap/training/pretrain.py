@@ -13,7 +13,9 @@ import torch
 
 from dimap.training.checkpoint import seed_everything
 from dimap.training.data import build_loaders
-from dimap.training.distributed import barrier, get_rank, get_world_size, is_main, wrap_ddp
+from dimap.training.distributed import (all_gather_object, get_rank, get_world_size, is_main, on_main_shared,
+                                       wrap_ddp)
+from dimap.errors import UserError
 from dimap.training.engine import evaluate, train_one_epoch
 from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, eval_amp_dtype,
                                    grad_scaler, resolve_batches, scaled_lrs, updates_per_epoch)
@@ -44,14 +46,21 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
     world = get_world_size()
     key = pretrain_key(config, world)
     path = Path(cache_dir) / "pretrain" / f"{config['model'].get('short', 'model')}_{key}.pt"
+    state = None
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
-            log(f"dense weights from the pretraining cache {path} (top-1 {state['top1']:.2f})")
-            return {"cache": str(path), "cached": True, "top1": state["top1"], "top5": state["top5"]}
         except Exception as e:  # a torn cache file is only a cache miss
+            state = None
             log(f"warning: the pretraining cache {path} is unreadable ({type(e).__name__}); training again")
+    # A rank that loads while another trains would meet it in other collectives (a hang): all must agree.
+    if len(set(all_gather_object(state is not None))) > 1:
+        raise UserError(f"the pretraining cache {path} is found on some ranks only: put paths.cache_dir on a "
+                        "filesystem all nodes share")
+    if state is not None:
+        log(f"dense weights from the pretraining cache {path} (top-1 {state['top1']:.2f})")
+        return {"cache": str(path), "cached": True, "top1": state["top1"], "top5": state["top5"]}
 
     rc = pretrain_recipe(config)
     epochs = int(rc["epochs"])
@@ -84,11 +93,13 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
     ev = evaluate(model, val_loader, device, amp_dtype=eval_amp_dtype(rc, device), progress=is_main(),
                   desc="eval dense")
     log(f"pretrained dense model: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
-    if is_main():
+
+    def write_cache() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "top1": ev["top1"], "top5": ev["top5"], "key": key}, tmp)
         os.replace(tmp, path)
-    barrier()
+
+    on_main_shared(write_cache)  # rank 0 writes, every rank waits for it (and fails with it)
     return {"cache": str(path), "cached": False, "top1": ev["top1"], "top5": ev["top5"]}

@@ -113,3 +113,104 @@ def test_a_signal_caught_by_one_rank_stops_every_rank_at_the_same_step(tmp_path)
     results = mp.Manager().dict()
     mp.spawn(_agree, args=(2, tmp_path / "init", results), nprocs=2)
     assert dict(results) == {0: (0, sig.SIGUSR1), 1: (0, sig.SIGUSR1)}
+
+
+def _rank0_lock_fails(rank, world, init_file, out, flock_errno, results):
+    """hold_output_dir on two gloo ranks where rank 0's flock raises `flock_errno`; then one more collective, as
+    train.py's next step makes. A short gloo timeout turns a rank left waiting into an error instead of a hang."""
+    import datetime
+    import fcntl
+    import torch.distributed as dist
+    from dimap.training.cluster import hold_output_dir
+
+    def flock(fd, op):
+        raise OSError(flock_errno, os.strerror(flock_errno))
+
+    fcntl.flock = flock
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        with hold_output_dir(out, rank == 0):
+            dist.barrier()
+        results[rank] = ("ran", "")
+    except Exception as e:
+        results[rank] = (type(e).__name__, str(e))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("flock_errno, outcome", [(5, "UserError"), (38, "ran")])  # EIO; ENOSYS (no locks there)
+def test_a_lock_file_error_on_rank_0_ends_every_rank_together_or_none(tmp_path, flock_errno, outcome):
+    """Rank 0 alone touches the lock. Before: its OSError left rank 1 waiting in the broadcast until the timeout
+    (30 min under NCCL, where no torchrun stops it: Slurm tasks of submitit). A filesystem without locks (Lustre
+    without -o flock) is a warning, not a failure."""
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_rank0_lock_fails, args=(2, tmp_path / "init", tmp_path / "out", flock_errno, results), nprocs=2)
+    assert results[0] == results[1] and results[0][0] == outcome
+    if outcome == "UserError":
+        assert results[0][1].startswith(f"cannot create the lock file {tmp_path / 'out' / LOCK}")
+    else:  # the run went on unguarded and left no lock file that would name nobody
+        assert not (tmp_path / "out" / LOCK).exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_sentence(tmp_path, capsys, monkeypatch):
+    """A full disk (ENOSPC) under rank 0's checkpoint: one sentence and exit 2 on every rank (shared through
+    on_main_shared), not a traceback on rank 0 alone while the others wait at the next collective."""
+    sys.path.insert(0, str(ROOT))
+    from dimap.training import finetune
+    from tests.test_train_cli import run
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(finetune, "save_checkpoint", full_disk)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "run", "train.epochs=1")
+    err = capsys.readouterr().err.strip()  # the progress bars' lines, then the sentence
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "(No space left on device): free space there" in err.splitlines()[-1]
+
+
+def _poll(rank, world, init_file, results):
+    import signal as sig
+    import torch.distributed as dist
+    from dimap.training.cluster import Preemption
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    with Preemption() as preemption:
+        answers = [preemption.poll()]
+        if rank == 1:
+            os.kill(os.getpid(), sig.SIGUSR1)  # between two updates, on one rank only
+        answers += [preemption.poll(), preemption.poll(), preemption.requested()]
+    results[rank] = answers
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_poll_gives_every_rank_the_same_answer_at_the_same_update_one_update_late(tmp_path):
+    import signal as sig
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_poll, args=(2, tmp_path / "init", results), nprocs=2)
+    assert dict(results) == {r: [0, 0, sig.SIGUSR1, sig.SIGUSR1] for r in (0, 1)}
+
+
+def test_a_forked_child_such_as_a_dataloader_worker_does_not_keep_the_lock(tmp_path):
+    """After kill -9 of the run, its orphaned DataLoader workers live on for seconds: they must not hold the lock
+    that the resumed run (the same command, requeued at once) needs. Before: the resume was refused."""
+    import signal as sig
+    lock = OutputLock(tmp_path)
+    assert lock.acquire() is None
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: outlives its parent's lock for a while
+        import time
+        os.write(ready_w, b"1")  # started (fork's child hooks have run)
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        os.close(lock.fd)  # the parent dies without releasing it (kill -9)
+        assert OutputLock(tmp_path).acquire() is None  # the next run gets the lock while the child still lives
+    finally:
+        os.kill(child, sig.SIGKILL)
+        os.waitpid(child, 0)

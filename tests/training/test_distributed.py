@@ -114,3 +114,71 @@ def test_one_visible_gpu_per_process_is_used_whatever_local_rank_says(monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 4 processes on 2 GPUs: refused, not shared
     with pytest.raises(UserError, match="nproc_per_node"):
         init_distributed("cuda")
+
+
+def _rank0_fails(rank, world, init_file, error, results):
+    import datetime
+    import torch.distributed as dist
+
+    def write():
+        raise error  # e.g. a full disk under rank 0's checkpoint
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        distributed.on_main_shared(write)
+        dist.barrier()  # the next collective every rank would reach
+        results[rank] = ("ran", "")
+    except Exception as e:
+        results[rank] = (type(e).__name__, str(e))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("error", [UserError("no space left: free some"), OSError(5, "Input/output error")])
+def test_a_rank_0_failure_ends_every_rank_together_not_at_the_timeout(tmp_path, error):
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_rank0_fails, args=(2, tmp_path / "init", error, results), nprocs=2)
+    if isinstance(error, UserError):  # the same sentence on every rank
+        assert results[0] == results[1] == ("UserError", str(error))
+    else:  # rank 0 keeps its own error (traceback), the others name it
+        assert results[0] == ("OSError", str(error))
+        assert results[1] == ("RuntimeError", f"rank 0 failed (OSError: {error}); this rank stops with it")
+
+
+def test_on_main_shared_without_a_process_group_is_a_plain_call():
+    assert distributed.on_main_shared(lambda: 7) == 7
+    with pytest.raises(OSError):
+        distributed.on_main_shared(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """Ranks on hosts gpu07 (this one, its name resolving to `own`) and gpu08 (a routable address); new_group
+    recorded instead of made."""
+    made, own = [], {"address": "10.0.0.7"}
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.socket, "gethostname", lambda: "gpu07")
+    monkeypatch.setattr(distributed.socket, "gethostbyname", lambda name: own["address"])
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [obj, ("gpu08", "10.0.0.8")])
+    monkeypatch.setattr(distributed.dist, "new_group", lambda **kw: made.append(kw) or "group")
+    return made, own
+
+
+def test_the_gloo_side_group_across_nodes_is_refused_where_a_host_name_resolves_to_loopback(two_nodes, monkeypatch):
+    made, own = two_nodes
+    assert distributed.cpu_group() == "group" and made == [{"backend": "gloo"}]  # routable: made
+    own["address"] = "127.0.1.1"  # Debian's /etc/hosts: gloo would bind there, gpu08 could never connect
+    with pytest.raises(UserError, match=r"gpu07 \(127\.0\.1\.1\) resolve.*export GLOO_SOCKET_IFNAME="):
+        distributed.cpu_group()
+    assert len(made) == 1
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ib0")  # the user named the interface: gloo binds there
+    assert distributed.cpu_group() == "group" and len(made) == 2
+
+
+def test_one_node_may_resolve_its_name_to_loopback(two_nodes, monkeypatch):
+    made, own = two_nodes
+    own["address"] = "127.0.1.1"
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [obj, ("gpu07", "127.0.1.1")])
+    assert distributed.cpu_group() == "group"
