@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dimap.pruning.accounting import account
-from dimap.training.checkpoint import config_differences, load_latest, seed_everything
+from dimap.training.checkpoint import check_resumable, load_latest, seed_everything
 from dimap.training.data import build_loaders
 from dimap.training.cluster import Preemption, hold_output_dir, link_submitit_logs
 from dimap.training.distributed import all_gather_object, cleanup, env_from_submitit, init_distributed
@@ -38,7 +38,8 @@ from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
 from dimap.pruning.pruned_file import save_pruned
 from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
-from dimap.report import check_output_dir, finished_summary, format_table, prune_summary, write_json
+from dimap.report import (check_output_dir, finished_summary, format_table, prune_summary, results_table,
+                          write_json)
 from dimap.training.wandb_logger import WandbLogger
 
 
@@ -47,19 +48,6 @@ def validate(model, loader, device, dtype, progress: bool, desc: str) -> dict:
     if ev["n"] != len(loader.dataset):  # a sharding bug would silently skew every accuracy reported
         raise RuntimeError(f"evaluated {ev['n']} validation images, the set has {len(loader.dataset)}")
     return ev
-
-
-def results_table(s: dict) -> str:
-    """Dense, pruned and finetuned rows: top-1, top-5, non-zero parameters, paper-style FLOPs."""
-    rows = [f"{'':<10} {'top-1':>7} {'top-5':>7} {'params (M)':>11} {'FLOPs (G, paper)':>17}"]
-    for name, key, params, flops in (("dense", "dense", s["params_total"], s["flops_dense"]),
-                                     ("pruned", "pruned", s["params_nonzero"], s["flops_paper"]),
-                                     ("finetuned", "", s["params_nonzero"], s["flops_paper"])):
-        top1, top5 = s.get(f"{key}_top1" if key else "top1"), s.get(f"{key}_top5" if key else "top5")
-        if top1 is None or (name == "finetuned" and not s["epochs"]):
-            continue
-        rows.append(f"{name:<10} {top1:>7.2f} {top5:>7.2f} {params / 1e6:>11.3f} {flops / 1e9:>17.4f}")
-    return "\n".join(rows)
 
 
 @exit_on_user_error
@@ -100,14 +88,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     state = load_latest(out / "checkpoints", log)[0] if tc["resume"] else None
     if len(set(all_gather_object(state and state["epoch"]))) > 1:  # e.g. a multi-node run on node-local disks
         raise UserError(f"the ranks see different checkpoints in {out}: put output_dir on a filesystem all nodes share")
-    if state is not None and (diffs := config_differences(state["config"], config)):
-        raise UserError(f"{out}/checkpoints hold a run of a different config (differs in {', '.join(diffs)}): "
-                        "choose another output_dir or pass train.resume=false to start over")
-    if state is not None and state.get("global_batch", batches.global_batch) != batches.global_batch:
-        raise UserError(f"{out}/checkpoints hold a run of global batch {state['global_batch']} on "
-                        f"{state['world_size']} process(es), here it would be {batches.global_batch}: resume on "
-                        f"{state['world_size']} process(es) (a train.global_batch run may change its GPU count), or "
-                        "pass train.resume=false")
+    check_resumable(state, config, batches.global_batch, out)
 
     seed_everything(cfg.seed)  # the same model init on every rank
     train_loader, val_loader, num_classes = build_loaders(
@@ -174,7 +155,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
 
 
 # An absolute config path and `main` imported from the module `train` (below): Hydra's submitit launcher pickles
-# `main`, which must then be a reference to an importable module, not a function of __main__ (FIELD_NOTES.md).
+# `main`, which must then be a reference to an importable module, not a function of __main__.
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:

@@ -100,3 +100,16 @@ def prune_summary(model_cfg: dict, method: str, ratio: float, accounting: dict, 
             **extra, "git_commit": git_commit(), "versions": versions(),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # newest run wins a table cell
             "modules": accounting["modules"], "layers": accounting["layers"]}
+
+
+def results_table(s: dict) -> str:
+    """Dense, pruned and finetuned rows: top-1, top-5, non-zero parameters, paper-style FLOPs."""
+    rows = [f"{'':<10} {'top-1':>7} {'top-5':>7} {'params (M)':>11} {'FLOPs (G, paper)':>17}"]
+    for name, key, params, flops in (("dense", "dense", s["params_total"], s["flops_dense"]),
+                                     ("pruned", "pruned", s["params_nonzero"], s["flops_paper"]),
+                                     ("finetuned", "", s["params_nonzero"], s["flops_paper"])):
+        top1, top5 = s.get(f"{key}_top1" if key else "top1"), s.get(f"{key}_top5" if key else "top5")
+        if top1 is None or (name == "finetuned" and not s["epochs"]):
+            continue
+        rows.append(f"{name:<10} {top1:>7.2f} {top5:>7.2f} {params / 1e6:>11.3f} {flops / 1e9:>17.4f}")
+    return "\n".join(rows)

@@ -141,3 +141,18 @@ def config_differences(old: dict, new: dict) -> list[str]:
         elif a != b:
             diffs.append(key)
     return diffs
+
+
+def check_resumable(state: dict | None, config: dict, global_batch: int, out: Path) -> None:
+    """Refuse, in one sentence, a checkpoint that this run must not continue: another config, or another global
+    batch (its schedule was laid out for that batch's updates per epoch)."""
+    if state is None:
+        return
+    if diffs := config_differences(state["config"], config):
+        raise UserError(f"{out}/checkpoints hold a run of a different config (differs in {', '.join(diffs)}): "
+                        "choose another output_dir or pass train.resume=false to start over")
+    if state.get("global_batch", global_batch) != global_batch:
+        raise UserError(f"{out}/checkpoints hold a run of global batch {state['global_batch']} on "
+                        f"{state['world_size']} process(es), here it would be {global_batch}: resume on "
+                        f"{state['world_size']} process(es) (a train.global_batch run may change its GPU count), or "
+                        "pass train.resume=false")
