@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # dimap, for --wandb and overrides, without pip install -e
 from table_runs import find_run, load_runs, recipe, row_of  # noqa: E402
 
 MODELS = ("swin_t", "swin_s", "swin_b")

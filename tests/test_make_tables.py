@@ -219,3 +219,15 @@ def test_wandb_tables_offline(tables, tmp_path, monkeypatch):
     md = read_md(tmp_path / "out2" / "table1.md")[("Swin-T", "DIMAP3")]
     assert cells == md and cells["Top-1 ours"] == "80.00" and cells["Top-1 paper"] == "80.35"
     assert len(list((run_dir / "files" / "media" / "table").glob("table[134]_*.table.json"))) == 3
+
+
+def test_wandb_command_runs_as_the_readme_types_it(tmp_path):
+    """`python scripts/make_tables.py --wandb` from a fresh clone (no pip install -e): the script finds dimap itself."""
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts/make_tables.py"), "--runs", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "out"), "--wandb", f"logger.dir={tmp_path}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "out" / "table1.md").exists()
