@@ -9,7 +9,7 @@ from torch import nn
 from dimap import UserError
 from dimap.pruning.modules import AUX, MLP, PRJ, QKV, module_map
 
-# The spec's table (DIMAP.md section 1), as the name-based map the project used before the map by role.
+# The table of docs/method.md, section 2, as the name-based map the project used before the map by role.
 _BLOCK = r"^layers\.\d+\.blocks\.\d+\."
 SWIN_NAMES = ((re.compile(_BLOCK + r"attn\.qkv\.weight$"), QKV), (re.compile(_BLOCK + r"attn\.proj\.weight$"), PRJ),
               (re.compile(_BLOCK + r"mlp\.fc[12]\.weight$"), MLP))
