@@ -21,8 +21,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -c "import hydra, omegaconf, fvcore, mlxtend" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "error: hydra-core, omegaconf, fvcore or mlxtend is missing and there is no .whl/ folder: build it with" \
-         "bash ../shared/tools/device-wheels.sh .whl and carry it" >&2
+    echo "error: hydra-core, omegaconf, fvcore or mlxtend is missing: run pip install -r requirements.txt" \
+         "(or, on a machine without a package index, put their wheels in .whl/)" >&2
     exit 2
   fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -186,7 +186,8 @@ def _imagenet(data, train_split: bool = True):
     root = data.get("root")
     if not root or not os.path.isdir(str(root)):
         raise UserError(
-            f"data.root={root} does not exist: pass data.root=PATH to an ImageNet folder with train/ and val/."
+            f"data.root={root} does not exist: pass data.root=PATH to an ImageNet folder with train/ and val/"
+            + ("." if train_split else " (val/ is enough to evaluate only).")
         )
     root = str(root)
     for split in ("train", "val") if train_split else ("val",):
