@@ -3,7 +3,7 @@ every surviving mutant's diff and, for the ones judged equivalent, why (results/
 
     python scripts/mutation_report.py --started 2026-11-27T13:33:40Z --command "bash scripts/mutation_test.sh"
 
-Writes results/quality/mutmut_pruning.{json,md}.
+Writes results/quality/mutmut_<half>.{json,md}.
 """
 import argparse
 import collections
@@ -36,7 +36,8 @@ def main(argv=None) -> dict:
     p.add_argument("--started", required=True)
     p.add_argument("--command", default="bash scripts/mutation_test.sh")
     p.add_argument("--mutmut", default="mutmut")
-    p.add_argument("--name", default="pruning")
+    p.add_argument("--half", choices=["pruning", "training"], default="pruning",
+                   help="which half was mutated (names the output files)")
     p.add_argument("--commit", help="the commit the run mutated (default: this checkout's)")
     p.add_argument("--finished", help="when the run ended (default: now)")
     p.add_argument("--note", default="", help="a sentence on how the run ended (e.g. stopped early)")
@@ -51,7 +52,8 @@ def main(argv=None) -> dict:
     total = sum(per_file.values(), collections.Counter())
     scored = total["killed"] + total["survived"]
     survivors = {n: mutmut(args.mutmut, "show", n) for n, st in status.items() if st == "survived"}
-    record = {"what": "mutation testing of dimap/pruning (pyproject.toml [tool.mutmut])", "command": args.command,
+    record = {"what": f"mutation testing of dimap/{args.half} (pyproject.toml [tool.mutmut], "
+                      f"scripts/mutation_test.sh --half {args.half})", "command": args.command,
               "git_commit": args.commit or git_commit(), "started": args.started,
               "finished": args.finished or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "note": args.note,
@@ -60,19 +62,19 @@ def main(argv=None) -> dict:
               "equivalent": {n: equiv[n] for n in status if n in equiv and status[n] == "survived"},
               "survived": {n: d for n, d in survivors.items() if n not in equiv}}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"mutmut_{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# Mutation testing: dimap/pruning", "",
+    (OUT / f"mutmut_{args.half}.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# Mutation testing: dimap/{args.half}", "",
              f"`{args.command}` at commit {record['git_commit']}, {args.started} to {record['finished']} (mutmut 3.8.1)."
              + (f" {args.note}" if args.note else ""),
              "", f"Score: {total['killed']} killed of {scored} non-equivalent mutants checked = "
              f"**{100 * record['score_non_equivalent']:.1f}%**; {total['equivalent']} judged equivalent (reasons "
              f"below), {total['not checked']} not checked, {total['timeout']} timeouts.", "",
-             "| file | killed | survived | equivalent | not checked |", "|---|---|---|---|---|"]
+             "| file | killed | survived | timeout | equivalent | not checked |", "|---|---|---|---|---|---|"]
     for f, c in sorted(per_file.items()):
-        lines.append(f"| {f} | {c['killed']} | {c['survived']} | {c['equivalent']} | {c['not checked']} |")
+        lines.append(f"| {f} | {c['killed']} | {c['survived']} | {c['timeout']} | {c['equivalent']} | {c['not checked']} |")
     lines += ["", "## Surviving mutants", ""] + [f"```\n{d.strip()}\n```" for d in record["survived"].values()]
     lines += ["", "## Equivalent mutants", ""] + [f"- `{n}`: {r}" for n, r in record["equivalent"].items()]
-    (OUT / f"mutmut_{args.name}.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"mutmut_{args.half}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:8]))
     return record
 

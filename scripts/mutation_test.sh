@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# Mutation testing of the pruning half (a measurement, not CI): mutmut 3.8.1 mutates dimap/pruning/*.py one
-# change at a time and runs the fast tests of tests/pruning against each mutant (settings: pyproject.toml,
-# [tool.mutmut]). Writes results/quality/mutmut_pruning.{md,json} with the command, commit and date.
+# Mutation testing (a measurement, not CI): mutmut 3.8.1 mutates one half of dimap one change at a time and runs
+# that half's fast tests against each mutant. Settings: pyproject.toml, [tool.mutmut] (the pruning half).
+# mutmut reads only [tool.mutmut] and has no option to override it, so `--half training` swaps its only_mutate
+# and test selection for dimap/training/* and tests/training for the run and puts pyproject.toml back after.
+# Function globs after the options narrow the run (e.g. "dimap.training.checkpoint*").
+# Writes results/quality/mutmut_<half>.{md,json} with the command, commit and date.
 #   pip install mutmut==3.8.1        # not in requirements.txt: CI does not run this
-#   bash scripts/mutation_test.sh [--max-children N]
+#   bash scripts/mutation_test.sh [--half pruning|training] [--max-children N] [function globs...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore
 MUTMUT=${MUTMUT:-mutmut}
+half=pruning
+if [[ "${1:-}" == "--half" ]]; then half=$2; shift 2; fi
+# the commit mutated, taken before --half training edits pyproject.toml (which would read as "+dirty")
+commit=$(python -c "from dimap.provenance import git_commit; print(git_commit())")
+case "$half" in
+  pruning) ;;
+  training)
+    cp pyproject.toml pyproject.toml.mutation-backup
+    trap 'mv pyproject.toml.mutation-backup pyproject.toml' EXIT
+    sed -i -e 's|^only_mutate = .*|only_mutate = ["dimap/training/*"]|' \
+           -e 's|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = ["tests/training", "-m", "not slow"]|' \
+           pyproject.toml ;;
+  *) echo "--half must be pruning or training, not '$half'" >&2; exit 2 ;;
+esac
 rm -rf mutants
 start=$(date -u +%FT%TZ)
 nice -n 15 "$MUTMUT" run "$@" || true   # mutmut exits non-zero when mutants survive
-python scripts/mutation_report.py --started "$start" --command "bash scripts/mutation_test.sh $*" --mutmut "$MUTMUT"
+python scripts/mutation_report.py --half "$half" --started "$start" --mutmut "$MUTMUT" --commit "$commit" \
+  --command "bash scripts/mutation_test.sh --half $half $*"
