@@ -51,6 +51,9 @@ def main(argv=None) -> dict:
         per_file[name.split(".x")[0]][st] += 1
     total = sum(per_file.values(), collections.Counter())
     scored = total["killed"] + total["survived"]
+    # "no tests": no selected test calls the mutated function, so the mutant escapes as surely as a survivor
+    reached = scored + total["no tests"]
+    untested = collections.Counter(n.rsplit("__mutmut_", 1)[0] for n, st in status.items() if st == "no tests")
     survivors = {n: mutmut(args.mutmut, "show", n) for n, st in status.items() if st == "survived"}
     record = {"what": f"mutation testing of dimap/{args.half} (pyproject.toml [tool.mutmut], "
                       f"scripts/mutation_test.sh --half {args.half})", "command": args.command,
@@ -59,6 +62,8 @@ def main(argv=None) -> dict:
               "note": args.note,
               "counts": dict(total), "per_file": {f: dict(c) for f, c in sorted(per_file.items())},
               "score_non_equivalent": total["killed"] / scored if scored else None,
+              "score_counting_untested": total["killed"] / reached if reached else None,
+              "no_tests_by_function": dict(sorted(untested.items())),
               "equivalent": {n: equiv[n] for n in status if n in equiv and status[n] == "survived"},
               "survived": {n: d for n, d in survivors.items() if n not in equiv}}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -68,11 +73,15 @@ def main(argv=None) -> dict:
              + (f" {args.note}" if args.note else ""),
              "", f"Score: {total['killed']} killed of {scored} non-equivalent mutants checked = "
              f"**{100 * record['score_non_equivalent']:.1f}%**; {total['equivalent']} judged equivalent (reasons "
-             f"below), {total['not checked']} not checked, {total['timeout']} timeouts.", "",
-             "| file | killed | survived | timeout | equivalent | not checked |", "|---|---|---|---|---|---|"]
+             f"below), {total['not checked']} not checked, {total['timeout']} timeouts."
+             + (f" {total['no tests']} mutants are in functions no selected test calls; counting them as escaped: "
+                f"{total['killed']} of {reached} = **{100 * record['score_counting_untested']:.1f}%**."
+                if total["no tests"] else ""), "",
+             "| file | killed | survived | no tests | timeout | equivalent | not checked |", "|---|---|---|---|---|---|---|"]
     for f, c in sorted(per_file.items()):
-        lines.append(f"| {f} | {c['killed']} | {c['survived']} | {c['timeout']} | {c['equivalent']} | {c['not checked']} |")
+        lines.append(f"| {f} | {c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | {c['equivalent']} | {c['not checked']} |")
     lines += ["", "## Surviving mutants", ""] + [f"```\n{d.strip()}\n```" for d in record["survived"].values()]
+    lines += ["", "## Functions no selected test calls (mutants)", ""] + [f"- `{f}`: {n}" for f, n in untested.items()]
     lines += ["", "## Equivalent mutants", ""] + [f"- `{n}`: {r}" for n, r in record["equivalent"].items()]
     (OUT / f"mutmut_{args.half}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:8]))

@@ -9,7 +9,7 @@
 #   bash scripts/mutation_test.sh [--half pruning|training] [--max-children N] [function globs...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore DIMAP_MUTATION_TEST=1
 MUTMUT=${MUTMUT:-mutmut}
 half=pruning
 if [[ "${1:-}" == "--half" ]]; then half=$2; shift 2; fi
