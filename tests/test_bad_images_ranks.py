@@ -1,0 +1,111 @@
+"""Unreadable images past data.max_bad_images on ONE rank of a multi-process run (its node's copy of the dataset is
+damaged): every rank stops at the same update with the same one sentence and exit status 2, none is left waiting
+in a collective for the process group's timeout, and the last epoch's checkpoint stays the one to resume from.
+
+The two ranks are started as Hydra's submitit launcher starts them (one task each, no torchrun whose agent would
+end the others), in a process group whose timeout is short, so that a rank left behind fails this test in seconds
+instead of holding CI for 30 minutes."""
+import contextlib
+import datetime
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+LIMIT, BATCH, STEPS = 1, 4, 2  # data.max_bad_images, images per rank and step, steps per epoch
+TIMEOUT_S = 20  # the process group's; a rank stopped at the same update waits for none
+
+
+def image_folder(root, per_class=8):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", 2)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def damage_rank_1_in_epoch_1(root) -> list:
+    """Truncate LIMIT + 1 train images that rank 1 reads in epoch 1 and in no step of epoch 0, so that epoch 0 and
+    its checkpoint complete and rank 1 alone passes the limit in epoch 1 (the samplers as train.py builds them)."""
+    from torchvision.datasets import ImageFolder
+    from dimap.training.data import ResumableSampler
+    samples = ImageFolder(root / "train").samples
+
+    def read(epoch):
+        sampler = ResumableSampler(samples, num_replicas=2, rank=1, seed=0, generator=torch.Generator(),
+                                   shuffle=True, drop_last=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)[:STEPS * BATCH]
+
+    bad = [i for i in read(1) if i not in read(0)][:LIMIT + 1]
+    assert len(bad) == LIMIT + 1
+    for i in bad:
+        path = samples[i][0]
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    return [samples[i][0] for i in bad]
+
+
+def overrides(root):
+    return ["data=imagenet", f"data.root={root}", "data.img_size=32", "data.crop_pct=1.0", "data.num_workers=1",
+            f"data.max_bad_images={LIMIT}", "model.in_chans=3", "model.kwargs.in_chans=3", "model.kwargs.num_classes=2",
+            f"train.batch_size={BATCH}", "train.eval_batch_size=4", f"train.max_steps_per_epoch={STEPS}",
+            "train.epochs=3"]
+
+
+def _rank(rank, world, init_file, out, roots, results):
+    import torch.distributed as dist
+    import train
+    from tests.test_failures import compose_train
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.pop("TORCHELASTIC_RUN_ID", None)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=TIMEOUT_S))  # init_distributed keeps this group
+    err, start = io.StringIO(), time.monotonic()
+    try:
+        with contextlib.redirect_stderr(err):
+            train.run(compose_train(out, *overrides(roots[rank])))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    except Exception as e:  # what a real run would end with in a traceback
+        code = f"{type(e).__name__}: {e}"
+    results[rank] = (code, err.getvalue(), time.monotonic() - start, time.time())
+    # Leave the group only once the other rank has ended (or timed out): a peer that exits is seen at once by gloo
+    # ("Connection closed by peer"), not by NCCL, whose ranks wait for a stopped one until the timeout.
+    deadline = time.monotonic() + TIMEOUT_S + 10
+    while len(results) < world and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dist.destroy_process_group()
+
+
+def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_sentence(tmp_path):
+    import torch.multiprocessing as mp
+    clean = image_folder(tmp_path / "node0")
+    damaged = image_folder(tmp_path / "node1")
+    bad = damage_rank_1_in_epoch_1(damaged)
+    out = tmp_path / "run"
+    results = mp.Manager().dict()
+    mp.spawn(_rank, args=(2, tmp_path / "init", out, {0: clean, 1: damaged}, results), nprocs=2)
+
+    sentences = {}
+    for rank in (0, 1):
+        code, err, took, ended = results[rank]
+        assert code == 2 and "Traceback" not in err, (rank, code, err[-2000:])
+        sentences[rank] = err.strip().splitlines()[-1]  # after the progress bars rank 0 draws
+    assert sentences[0] == sentences[1]
+    assert sentences[1].startswith(f"error: {LIMIT + 1} images under {damaged / 'train'} could not be read")
+    assert any(f"more than data.max_bad_images={LIMIT} (the last: {path})" in sentences[1] for path in bad)
+    assert "raise data.max_bad_images and rerun to resume" in sentences[1]
+    assert abs(results[0][3] - results[1][3]) < TIMEOUT_S / 2  # together, not one rank at the timeout
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] == 0 and not state.get("step")  # epoch 1 left no checkpoint: resume from epoch 0's
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert not (out / "summary.json").exists() and not (out / ".lock").exists()
