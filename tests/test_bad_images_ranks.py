@@ -8,7 +8,9 @@ instead of holding CI for 30 minutes."""
 import contextlib
 import datetime
 import io
+import multiprocessing
 import os
+import socket
 import time
 
 import numpy as np
@@ -30,26 +32,37 @@ def image_folder(root, per_class=8):
     return root
 
 
-def damage_rank_1_in_epoch_1(root) -> list:
-    """Truncate LIMIT + 1 train images that rank 1 reads in epoch 1 and in no step of epoch 0, so that epoch 0 and
-    its checkpoint complete and rank 1 alone passes the limit in epoch 1 (the samplers as train.py builds them)."""
+def truncate(paths) -> list:
+    paths = list(paths)
+    for path in paths:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    return paths
+
+
+def damage_in_epoch_1(root, rank: int = 1, world: int = 2) -> list:
+    """Truncate LIMIT + 1 train images that `rank` reads in epoch 1 and in no step of epoch 0, so that epoch 0 and
+    its checkpoint complete and that rank alone passes the limit in epoch 1 (the samplers as train.py builds them)."""
     from torchvision.datasets import ImageFolder
     from dimap.training.data import ResumableSampler
     samples = ImageFolder(root / "train").samples
 
     def read(epoch):
-        sampler = ResumableSampler(samples, num_replicas=2, rank=1, seed=0, generator=torch.Generator(),
+        sampler = ResumableSampler(samples, num_replicas=world, rank=rank, seed=0, generator=torch.Generator(),
                                    shuffle=True, drop_last=True)
         sampler.set_epoch(epoch)
         return list(sampler)[:STEPS * BATCH]
 
     bad = [i for i in read(1) if i not in read(0)][:LIMIT + 1]
     assert len(bad) == LIMIT + 1
-    for i in bad:
-        path = samples[i][0]
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) // 2)
-    return [samples[i][0] for i in bad]
+    return truncate(samples[i][0] for i in bad)
+
+
+def damage_val_of_rank_1(root) -> list:
+    """Truncate the validation images of rank 1's shard (ShardedEvalSampler: every second one), read by the
+    evaluation of the pruned model, before finetuning."""
+    from torchvision.datasets import ImageFolder
+    return truncate([path for path, _ in ImageFolder(root / "val").samples[1::2]][:LIMIT + 1])
 
 
 def overrides(root):
@@ -64,6 +77,7 @@ def _rank(rank, world, init_file, out, roots, results):
     import train
     from tests.test_failures import compose_train
     torch.set_num_threads(1)
+    multiprocessing.set_start_method("fork", force=True)  # loader workers as in a task Slurm starts (not spawn's)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     os.environ.pop("TORCHELASTIC_RUN_ID", None)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
@@ -86,11 +100,12 @@ def _rank(rank, world, init_file, out, roots, results):
     dist.destroy_process_group()
 
 
-def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_sentence(tmp_path):
+@pytest.mark.parametrize("split", ["train", pytest.param("val", marks=pytest.mark.slow)])
+def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_sentence(tmp_path, split):
     import torch.multiprocessing as mp
     clean = image_folder(tmp_path / "node0")
     damaged = image_folder(tmp_path / "node1")
-    bad = damage_rank_1_in_epoch_1(damaged)
+    bad = damage_in_epoch_1(damaged) if split == "train" else damage_val_of_rank_1(damaged)
     out = tmp_path / "run"
     results = mp.Manager().dict()
     mp.spawn(_rank, args=(2, tmp_path / "init", out, {0: clean, 1: damaged}, results), nprocs=2)
@@ -98,14 +113,38 @@ def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_senten
     sentences = {}
     for rank in (0, 1):
         code, err, took, ended = results[rank]
-        assert code == 2 and "Traceback" not in err, (rank, code, err[-2000:])
+        assert code == 2 and "Traceback" not in err, (rank, code, err[-2000:], [results[r][2:] for r in (0, 1)])
         sentences[rank] = err.strip().splitlines()[-1]  # after the progress bars rank 0 draws
     assert sentences[0] == sentences[1]
-    assert sentences[1].startswith(f"error: {LIMIT + 1} images under {damaged / 'train'} could not be read")
-    assert any(f"more than data.max_bad_images={LIMIT} (the last: {path})" in sentences[1] for path in bad)
-    assert "raise data.max_bad_images and rerun to resume" in sentences[1]
+    assert sentences[1].startswith(f"error: {LIMIT + 1} images under {damaged / split} on {socket.gethostname()} "
+                                   "(rank 1) could not be read")
+    assert any(f"more than data.max_bad_images={LIMIT} (the last: {path}): repair or remove them" in sentences[1]
+               for path in bad)
+    assert sentences[1].endswith("raise data.max_bad_images and rerun to resume")
     assert abs(results[0][3] - results[1][3]) < TIMEOUT_S / 2  # together, not one rank at the timeout
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    assert state["epoch"] == 0 and not state.get("step")  # epoch 1 left no checkpoint: resume from epoch 0's
-    assert len((out / "log.jsonl").read_text().splitlines()) == 1
     assert not (out / "summary.json").exists() and not (out / ".lock").exists()
+    if split == "train":  # epoch 1 left no checkpoint: the one to resume from is epoch 0's
+        state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+        assert state["epoch"] == 0 and not state.get("step")
+        assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    else:  # stopped at the evaluation of the pruned model: nothing written
+        assert not (out / "checkpoints").exists()
+
+
+def test_past_max_bad_images_in_a_single_process_run_it_stops_in_one_sentence(tmp_path, capsys):
+    """No process group: the same sentence (without a rank), exit 2, the last checkpoint kept."""
+    import train
+    from tests.test_failures import compose_train
+    root = image_folder(tmp_path / "data")
+    bad = damage_in_epoch_1(root, rank=0, world=1)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        # no loader worker: it would prefetch the 2 batches of epoch 0 that max_steps_per_epoch leaves unused
+        train.run(compose_train(out, *overrides(root), "data.num_workers=0"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: {LIMIT + 1} images under {root / 'train'} could not be read, "
+                                           f"more than data.max_bad_images={LIMIT} (the last: ")
+    assert any(f"(the last: {path})" in err for path in bad)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 0
+    assert not (out / "summary.json").exists()

@@ -175,9 +175,13 @@ class Preemption:
     finished by then (every rank has been through a gradient all-reduce since), so a stop lands one update later
     and no step pays the gloo round trip (0.5 ms for 2 ranks here on a 2-core CPU, 5 ms for 8 oversubscribed
     ones; more across nodes over TCP), which a blocking all-reduce would add to every update.
+
+    The same all-reduce carries a stop that is not a signal: a rank past data.max_bad_images asks with
+    `poll(bad_data=True)`, and every rank then gets BAD_DATA at the same update (it outranks any signal).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    BAD_DATA = 256  # above every signal number: the ranks agree on the largest request
 
     def __init__(self):
         self.signum, self.previous, self.group, self.pending = 0, {}, None, None
@@ -199,20 +203,24 @@ class Preemption:
             print(f"caught {signal.Signals(signum).name}: finishing this step, then a checkpoint and exit", flush=True)
         self.signum = signum
 
-    def requested(self) -> int:
-        """The signal any rank caught (0: none), the same on every rank (an all-reduce: call it on all)."""
+    def requested(self, bad_data: bool = False) -> int:
+        """The signal any rank caught (0: none), or BAD_DATA if any rank passed `bad_data=True`, the same on every
+        rank (an all-reduce: call it on all)."""
         self._finish_pending()
-        return max_over_ranks(self.signum, self.group)
+        return max_over_ranks(self._request(bad_data), self.group)
 
-    def poll(self) -> int:
+    def poll(self, bad_data: bool = False) -> int:
         """As `requested()` one call late, without waiting: the signal any rank had caught at the previous poll (0
-        at the first), the same on every rank; call it on all ranks at the same steps. Without a process group it
-        is this process's signal, at once."""
+        at the first), or BAD_DATA, the same on every rank; call it on all ranks at the same steps. Without a
+        process group it is this process's request, at once."""
         if self.group is None:
-            return self.signum
+            return self._request(bad_data)
         agreed = self._finish_pending()
-        self.pending = start_max_over_ranks(self.signum, self.group)
+        self.pending = start_max_over_ranks(self._request(bad_data), self.group)
         return agreed
+
+    def _request(self, bad_data: bool) -> int:
+        return self.BAD_DATA if bad_data else self.signum
 
     def _finish_pending(self) -> int:
         result, self.pending = self.pending, None

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from dimap.training.distributed import all_reduce_sum
 from dimap.errors import UserError
+from dimap.training.image_folder import past_limit, stop_every_rank
 from dimap.training.recipe import autocast, updates_per_epoch
 
 
@@ -68,6 +69,9 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
     `totals` and `skipped` carry the interrupted part's loss sums and skipped steps. `on_update(step, totals,
     skipped)` is called after every optimizer update (step = batches done this epoch); if it returns True the
     epoch stops there and the result holds `stopped_at` = step (preemption: dimap.training.cluster).
+
+    Unreadable images past data.max_bad_images on any rank (dimap.training.image_folder) stop every rank at the
+    end of the epoch, through the all-reduce of the loss sums (finetune's `on_update` stops them sooner).
     """
     model.train()
     steps = start_step + len(loader) if max_steps is None else min(start_step + len(loader), int(max_steps))
@@ -135,7 +139,10 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
     bar.close()
     if stopped_at is not None:  # the epoch goes on after the resumption: its sums stay this rank's own
         return {"stopped_at": stopped_at, "totals": totals, "skipped_steps": skipped, "updates": num_updates}
-    all_reduce_sum(totals)
+    bad = past_limit(loader)
+    totals = all_reduce_sum(torch.cat([totals, totals.new_tensor([bad is not None])]))  # + ranks past the limit
+    if totals[2]:
+        stop_every_rank(bad)
     loss_mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
     return {"train_loss": loss_mean, "lr": optimizer.param_groups[0]["lr"], "skipped_steps": skipped,
             "updates": num_updates}
@@ -148,9 +155,11 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, prog
 
     Correct counts are summed over ranks with all_reduce; with a sampler that shards without padding
     (dimap.training.data.ShardedEvalSampler) every validation image is counted exactly once: `n` says how many.
+    Unreadable images past data.max_bad_images on any rank stop every rank here, through the same all-reduce.
     """
     model = unwrap(model).eval()
-    stats = torch.zeros(4, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, loss sum, images
+    # top-1 hits, top-5 hits, loss sum, images; then the ranks past their limit of unreadable images
+    stats = torch.zeros(5, dtype=torch.float64, device=device)
     for images, targets in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if channels_last:
@@ -159,10 +168,14 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, prog
             logits = model(images)
         logits = logits.float()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-        stats += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
-                              torch.nn.functional.cross_entropy(logits, targets, reduction="sum"),
-                              torch.tensor(len(targets), device=device)]).double()
+        stats[:4] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                                  torch.nn.functional.cross_entropy(logits, targets, reduction="sum"),
+                                  torch.tensor(len(targets), device=device)]).double()
+    bad = past_limit(loader)
+    stats[4] = bad is not None
     all_reduce_sum(stats)
+    if stats[4]:
+        stop_every_rank(bad)
     n = int(stats[3].item())
     if n == 0:
         return {"top1": math.nan, "top5": math.nan, "loss": math.nan, "n": 0}

@@ -11,11 +11,15 @@ from dimap.training.checkpoint import (restore_rng_state, rng_state, save_checkp
                                        set_rng_state)
 from dimap.training.distributed import (all_gather_object, all_reduce_sum, get_rank, get_world_size, is_main,
                                        on_main_shared, wrap_ddp)
+from dimap.training.cluster import Preemption
 from dimap.training.engine import evaluate, train_one_epoch
+from dimap.training.image_folder import past_limit, stop_every_rank
 from dimap.errors import UserError
 from dimap.pruning.masks import FixedMask, mask_checksum
 from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, eval_amp_dtype,
                                    grad_scaler, resolve_batches, scaled_lrs, updates_per_epoch)
+
+BAD_DATA = Preemption.BAD_DATA  # a stop agreed because a rank is past data.max_bad_images
 
 
 def check_masks(masks: dict, fixed: FixedMask | None = None, where: str = "") -> str:
@@ -35,7 +39,7 @@ class StartedLoader:
     """A DataLoader whose iterator was made already (resuming mid-epoch: see finetune)."""
 
     def __init__(self, loader):
-        self.loader, self.iterator = loader, iter(loader)
+        self.loader, self.iterator, self.dataset = loader, iter(loader), loader.dataset
 
     def __len__(self):
         return len(self.loader)
@@ -61,7 +65,9 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     loaded checkpoint (about 1 GB for Swin-B with AdamW and EMA) referenced for the whole run.
     The evaluated model (the EMA copy when train.ema) is the one whose weights end in `model` on return.
     `preemption` (dimap.training.cluster.Preemption): on a stop request, a checkpoint after the current step, then
-    exit; train.checkpoint_every_steps writes such mid-epoch checkpoints without stopping.
+    exit; train.checkpoint_every_steps writes such mid-epoch checkpoints without stopping. Its all-reduce also
+    stops every rank together, one update late, once one is past data.max_bad_images (without `preemption`, at the
+    end of the epoch: dimap.training.engine).
     """
     tc, rank, world, main = config["train"], get_rank(), get_world_size(), is_main()
     batches = resolve_batches(tc, world)
@@ -145,9 +151,15 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     every = int(tc.get("checkpoint_every_steps") or 0)
 
     def on_update(step: int, totals, skipped: int) -> bool:
-        """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates."""
-        stop = preemption is not None and preemption.poll()  # agreed by all ranks, one update late
-        if stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps):
+        """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates. Past
+        data.max_bad_images on any rank, every rank stops here together (one update late) without a checkpoint of
+        the updates since: the one to resume from is the last written before."""
+        bad = past_limit(train_loader) is not None
+        stop = preemption.poll(bad) if preemption is not None else 0  # agreed by all ranks, one update late
+        due = stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps)
+        if due and stop != BAD_DATA and preemption is not None and preemption.requested(bad) == BAD_DATA:
+            stop = BAD_DATA  # agreed on this update's images at once: none past the limit goes into a checkpoint
+        if due and stop != BAD_DATA:
             partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
             checkpoint(epoch - 1, step=step, partial=partial)
         return bool(stop)
@@ -169,9 +181,12 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
                                 start_step=start_step if epoch == start else 0, on_update=on_update,
                                 **(partial if epoch == start else {}))
         if "stopped_at" in stats:
+            bad = past_limit(train_loader)
+            if (signum := preemption.requested(bad is not None)) == BAD_DATA:
+                stop_every_rank(bad)  # every rank, this rank's progress bar closed: one sentence, exit 2
             log(f"stopped in epoch {epoch} after step {stats['stopped_at']}: checkpoint written; run the same "
                 "command to resume")
-            preemption.exit(preemption.requested())
+            preemption.exit(signum)
         scheduler.step(epoch + 1)
         check_masks(masks, fixed, where=f"after epoch {epoch}")
         ev = evaluate(eval_model, val_loader, device, amp_dtype=eval_dtype, channels_last=bool(tc.get("channels_last")),

@@ -167,12 +167,18 @@ def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path, capfd, 
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_past_max_bad_images_the_run_stops_with_one_sentence(tmp_path, workers):
-    from dimap.training.image_folder import TooManyBadImages
-    cfg = {**folder_cfg(corrupt_folder(tmp_path)), "max_bad_images": 2}
+def test_past_max_bad_images_the_loader_says_so_and_keeps_its_batches_full(tmp_path, workers):
+    """The loader does not stop the run itself (one rank raising alone would leave the others in their next
+    collective): past the limit it serves blank replacements and past_limit names the stop's one sentence, which
+    the training and evaluation loops raise on every rank together (tests/test_bad_images_ranks.py)."""
+    from dimap.training.image_folder import past_limit
+    root = corrupt_folder(tmp_path)
+    cfg = {**folder_cfg(root), "max_bad_images": 2}
     train = build_loaders(cfg, batch_size=5, eval_batch_size=4, num_workers=workers)[0]
-    with pytest.raises(TooManyBadImages) as e:
-        for _ in train:
-            pass
-    msg = str(e.value)
-    assert len(msg.splitlines()) == 1 and msg.startswith("3 images under") and "data.max_bad_images=2" in msg
+    assert past_limit(train) is None
+    sizes = [len(y) for _, y in train]
+    assert sizes == [5] * (len(train.dataset) // 5)
+    msg = past_limit(train)  # the count lives in shared memory: the workers' files are counted here
+    assert len(msg.splitlines()) == 1 and msg.startswith(f"3 images under {root / 'train'} could not be read")
+    assert "more than data.max_bad_images=2 (the last: " in msg and "raise data.max_bad_images and rerun" in msg
+    assert train.dataset.n_bad.value == 3
