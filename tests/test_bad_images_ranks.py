@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-LIMIT, BATCH, STEPS = 1, 4, 2  # data.max_bad_images, images per rank and step, steps per epoch
+LIMIT, BATCH, STEPS = 1, 4, 4  # data.max_bad_images, images per rank and step, steps per epoch (32 images / 2 ranks)
 TIMEOUT_S = 20  # the process group's; a rank stopped at the same update waits for none
 
 
-def image_folder(root, per_class=8):
+def image_folder(root, per_class=16):
     from PIL import Image
     rng = np.random.default_rng(0)
     for split, n in (("train", per_class), ("val", 2)):
@@ -40,9 +40,10 @@ def truncate(paths) -> list:
     return paths
 
 
-def damage_in_epoch_1(root, rank: int = 1, world: int = 2) -> list:
-    """Truncate LIMIT + 1 train images that `rank` reads in epoch 1 and in no step of epoch 0, so that epoch 0 and
-    its checkpoint complete and that rank alone passes the limit in epoch 1 (the samplers as train.py builds them)."""
+def damage_in_epoch_1(root, rank: int = 1, world: int = 2, within: int = STEPS) -> list:
+    """Truncate LIMIT + 1 train images that `rank` reads in its first `within` steps of epoch 1 and in no step of
+    epoch 0, so that epoch 0 and its checkpoint complete and that rank alone passes the limit in epoch 1, before
+    its end (the samplers as train.py builds them)."""
     from torchvision.datasets import ImageFolder
     from dimap.training.data import ResumableSampler
     samples = ImageFolder(root / "train").samples
@@ -53,7 +54,7 @@ def damage_in_epoch_1(root, rank: int = 1, world: int = 2) -> list:
         sampler.set_epoch(epoch)
         return list(sampler)[:STEPS * BATCH]
 
-    bad = [i for i in read(1) if i not in read(0)][:LIMIT + 1]
+    bad = [i for i in read(1)[:within * BATCH] if i not in read(0)][:LIMIT + 1]
     assert len(bad) == LIMIT + 1
     return truncate(samples[i][0] for i in bad)
 
@@ -65,16 +66,17 @@ def damage_val_of_rank_1(root) -> list:
     return truncate([path for path, _ in ImageFolder(root / "val").samples[1::2]][:LIMIT + 1])
 
 
-def overrides(root):
-    return ["data=imagenet", f"data.root={root}", "data.img_size=32", "data.crop_pct=1.0", "data.num_workers=1",
+def overrides(root, workers: int = 0):
+    return ["data=imagenet", f"data.root={root}", "data.img_size=32", "data.crop_pct=1.0", f"data.num_workers={workers}",
             f"data.max_bad_images={LIMIT}", "model.in_chans=3", "model.kwargs.in_chans=3", "model.kwargs.num_classes=2",
             f"train.batch_size={BATCH}", "train.eval_batch_size=4", f"train.max_steps_per_epoch={STEPS}",
             "train.epochs=3"]
 
 
-def _rank(rank, world, init_file, out, roots, results):
+def _rank(rank, world, init_file, out, roots, workers, results):
     import torch.distributed as dist
     import train
+    from dimap.training import finetune
     from tests.test_failures import compose_train
     torch.set_num_threads(1)
     multiprocessing.set_start_method("fork", force=True)  # loader workers as in a task Slurm starts (not spawn's)
@@ -82,16 +84,24 @@ def _rank(rank, world, init_file, out, roots, results):
     os.environ.pop("TORCHELASTIC_RUN_ID", None)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S))  # init_distributed keeps this group
+    epochs, one_epoch = [], finetune.train_one_epoch
+
+    def spied(*args, **kwargs):  # records where each epoch ended: the step it stopped at, or None
+        stats = one_epoch(*args, **kwargs)
+        epochs.append(stats.get("stopped_at"))
+        return stats
+
+    finetune.train_one_epoch = spied
     err, start = io.StringIO(), time.monotonic()
     try:
         with contextlib.redirect_stderr(err):
-            train.run(compose_train(out, *overrides(roots[rank])))
+            train.run(compose_train(out, *overrides(roots[rank], workers)))
         code = 0
     except SystemExit as e:
         code = e.code
     except Exception as e:  # what a real run would end with in a traceback
         code = f"{type(e).__name__}: {e}"
-    results[rank] = (code, err.getvalue(), time.monotonic() - start, time.time())
+    results[rank] = (code, err.getvalue(), epochs, time.monotonic() - start, time.time())
     # Leave the group only once the other rank has ended (or timed out): a peer that exits is seen at once by gloo
     # ("Connection closed by peer"), not by NCCL, whose ranks wait for a stopped one until the timeout.
     deadline = time.monotonic() + TIMEOUT_S + 10
@@ -100,19 +110,21 @@ def _rank(rank, world, init_file, out, roots, results):
     dist.destroy_process_group()
 
 
+# train: rank 1 passes the limit in its first 2 steps of epoch 1 (no loader worker, so exactly there); val: at the
+# evaluation of the pruned model, through a loader worker (the count in shared memory)
 @pytest.mark.parametrize("split", ["train", pytest.param("val", marks=pytest.mark.slow)])
 def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_sentence(tmp_path, split):
     import torch.multiprocessing as mp
     clean = image_folder(tmp_path / "node0")
     damaged = image_folder(tmp_path / "node1")
-    bad = damage_in_epoch_1(damaged) if split == "train" else damage_val_of_rank_1(damaged)
+    bad = damage_in_epoch_1(damaged, within=2) if split == "train" else damage_val_of_rank_1(damaged)
     out = tmp_path / "run"
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(2, tmp_path / "init", out, {0: clean, 1: damaged}, results), nprocs=2)
+    mp.spawn(_rank, args=(2, tmp_path / "init", out, {0: clean, 1: damaged}, int(split == "val"), results), nprocs=2)
 
     sentences = {}
     for rank in (0, 1):
-        code, err, took, ended = results[rank]
+        code, err, epochs, took, ended = results[rank]
         assert code == 2 and "Traceback" not in err, (rank, code, err[-2000:], [results[r][2:] for r in (0, 1)])
         sentences[rank] = err.strip().splitlines()[-1]  # after the progress bars rank 0 draws
     assert sentences[0] == sentences[1]
@@ -121,9 +133,11 @@ def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_senten
     assert any(f"more than data.max_bad_images={LIMIT} (the last: {path}): repair or remove them" in sentences[1]
                for path in bad)
     assert sentences[1].endswith("raise data.max_bad_images and rerun to resume")
-    assert abs(results[0][3] - results[1][3]) < TIMEOUT_S / 2  # together, not one rank at the timeout
+    assert abs(results[0][4] - results[1][4]) < TIMEOUT_S / 2  # together, not one rank at the timeout
     assert not (out / "summary.json").exists() and not (out / ".lock").exists()
-    if split == "train":  # epoch 1 left no checkpoint: the one to resume from is epoch 0's
+    if split == "train":  # at the same update of epoch 1, before its end (the agreement comes one update late)
+        assert results[0][2] == results[1][2] and results[1][2][0] is None and 1 < results[1][2][1] <= 3
+        # epoch 1 left no checkpoint: the one to resume from is epoch 0's
         state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
         assert state["epoch"] == 0 and not state.get("step")
         assert len((out / "log.jsonl").read_text().splitlines()) == 1
@@ -138,9 +152,8 @@ def test_past_max_bad_images_in_a_single_process_run_it_stops_in_one_sentence(tm
     root = image_folder(tmp_path / "data")
     bad = damage_in_epoch_1(root, rank=0, world=1)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) as e:
-        # no loader worker: it would prefetch the 2 batches of epoch 0 that max_steps_per_epoch leaves unused
-        train.run(compose_train(out, *overrides(root), "data.num_workers=0"))
+    with pytest.raises(SystemExit) as e:  # no loader worker: it would prefetch batches of epoch 0 left unused
+        train.run(compose_train(out, *overrides(root)))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: {LIMIT + 1} images under {root / 'train'} could not be read, "
