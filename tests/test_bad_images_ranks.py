@@ -67,10 +67,11 @@ def damage_val_of_rank_1(root) -> list:
 
 
 def overrides(root, workers: int = 0):
-    return ["data=imagenet", f"data.root={root}", "data.img_size=32", "data.crop_pct=1.0", f"data.num_workers={workers}",
-            f"data.max_bad_images={LIMIT}", "model.in_chans=3", "model.kwargs.in_chans=3", "model.kwargs.num_classes=2",
-            f"train.batch_size={BATCH}", "train.eval_batch_size=4", f"train.max_steps_per_epoch={STEPS}",
-            "train.epochs=3"]
+    # no RandAugment: with Pillow 13 its PosterizeIncreasing at magnitude 10 raises (0 bits), unrelated to this test
+    return ["data=imagenet", f"data.root={root}", "data.img_size=32", "data.crop_pct=1.0", "data.aug.auto_augment=null",
+            f"data.num_workers={workers}", f"data.max_bad_images={LIMIT}", "model.in_chans=3", "model.kwargs.in_chans=3",
+            "model.kwargs.num_classes=2", f"train.batch_size={BATCH}", "train.eval_batch_size=4",
+            f"train.max_steps_per_epoch={STEPS}", "train.epochs=3"]
 
 
 def _rank(rank, world, init_file, out, roots, workers, results):
@@ -136,7 +137,8 @@ def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_senten
     assert abs(results[0][4] - results[1][4]) < TIMEOUT_S / 2  # together, not one rank at the timeout
     assert not (out / "summary.json").exists() and not (out / ".lock").exists()
     if split == "train":  # at the same update of epoch 1, before its end (the agreement comes one update late)
-        assert results[0][2] == results[1][2] and results[1][2][0] is None and 1 < results[1][2][1] <= 3
+        epochs = results[1][2]  # each epoch's stop step (None: ran to its end); the limit passed at step 1 or 2
+        assert results[0][2] == epochs and len(epochs) == 2 and epochs[0] is None and epochs[1] in (2, 3), results
         # epoch 1 left no checkpoint: the one to resume from is epoch 0's
         state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
         assert state["epoch"] == 0 and not state.get("step")
