@@ -182,3 +182,23 @@ def test_past_max_bad_images_the_loader_says_so_and_keeps_its_batches_full(tmp_p
     assert len(msg.splitlines()) == 1 and msg.startswith(f"3 images under {root / 'train'} could not be read")
     assert "more than data.max_bad_images=2 (the last: " in msg and "raise data.max_bad_images and rerun" in msg
     assert train.dataset.n_bad.value == 3
+
+
+def test_past_max_bad_images_an_epoch_and_an_evaluation_stop_at_their_end(tmp_path):
+    """What stops pretraining and evaluation (no per-update agreement there), and an epoch whose last update passed
+    the limit: the all-reduce each ends with carries it (a world of one here: raised at once)."""
+    from dimap.training.engine import evaluate, train_one_epoch
+    from dimap.training.image_folder import TooManyBadImages
+    cfg = {**folder_cfg(corrupt_folder(tmp_path)), "max_bad_images": 2}
+    train, _, num_classes = build_loaders(cfg, batch_size=5, eval_batch_size=4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, num_classes))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TooManyBadImages, match="^3 images under .* more than data.max_bad_images=2"):
+        train_one_epoch(model, torch.nn.CrossEntropyLoss(), train, optimizer, torch.device("cpu"), 0, progress=False)
+    with pytest.raises(TooManyBadImages, match="^3 images under"):
+        evaluate(model, train, torch.device("cpu"), progress=False)
+    cfg["max_bad_images"] = 3  # at the limit: both run to their end
+    train, _, _ = build_loaders(cfg, batch_size=5, eval_batch_size=4)
+    assert train_one_epoch(model, torch.nn.CrossEntropyLoss(), train, optimizer, torch.device("cpu"), 0,
+                           progress=False)["train_loss"] > 0
+    assert evaluate(model, train, torch.device("cpu"), progress=False)["n"] == len(train.dataset) // 5 * 5
