@@ -181,6 +181,8 @@ def _poll(rank, world, init_file, results):
         if rank == 1:
             os.kill(os.getpid(), sig.SIGUSR1)  # between two updates, on one rank only
         answers += [preemption.poll(), preemption.poll(), preemption.requested()]
+        # a rank past data.max_bad_images: BAD_DATA, above any signal, on every rank one poll late (or at once)
+        answers += [preemption.poll(bad_data=rank == 1), preemption.poll(), preemption.requested(bad_data=rank == 0)]
     results[rank] = answers
     dist.destroy_process_group()
 
@@ -191,7 +193,9 @@ def test_poll_gives_every_rank_the_same_answer_at_the_same_update_one_update_lat
     import torch.multiprocessing as mp
     results = mp.Manager().dict()
     mp.spawn(_poll, args=(2, tmp_path / "init", results), nprocs=2)
-    assert dict(results) == {r: [0, 0, sig.SIGUSR1, sig.SIGUSR1] for r in (0, 1)}
+    from dimap.training.cluster import Preemption
+    bad = Preemption.BAD_DATA
+    assert dict(results) == {r: [0, 0, sig.SIGUSR1, sig.SIGUSR1, 0, bad, bad] for r in (0, 1)}
 
 
 def test_a_forked_child_such_as_a_dataloader_worker_does_not_keep_the_lock(tmp_path):
