@@ -40,10 +40,11 @@ def truncate(paths) -> list:
     return paths
 
 
-def damage_in_epoch_1(root, rank: int = 1, world: int = 2, within: int = STEPS) -> list:
+def damage_in_epoch_1(root, rank: int = 1, world: int = 2, within: int = STEPS) -> tuple[list, int]:
     """Truncate LIMIT + 1 train images that `rank` reads in its first `within` steps of epoch 1 and in no step of
     epoch 0, so that epoch 0 and its checkpoint complete and that rank alone passes the limit in epoch 1, before
-    its end (the samplers as train.py builds them)."""
+    its end (the samplers as train.py builds them). Returns their paths and the step of epoch 1 whose batch passes
+    the limit (without loader workers: a bad file is replaced by the next readable one, met on the way too)."""
     from torchvision.datasets import ImageFolder
     from dimap.training.data import ResumableSampler
     samples = ImageFolder(root / "train").samples
@@ -56,7 +57,13 @@ def damage_in_epoch_1(root, rank: int = 1, world: int = 2, within: int = STEPS) 
 
     bad = [i for i in read(1)[:within * BATCH] if i not in read(0)][:LIMIT + 1]
     assert len(bad) == LIMIT + 1
-    return truncate(samples[i][0] for i in bad)
+    seen = set()
+    for position, i in enumerate(read(1)):
+        while i in bad:
+            seen.add(i)
+            i = (i + 1) % len(samples)
+        if len(seen) > LIMIT:
+            return truncate(samples[i][0] for i in bad), position // BATCH + 1
 
 
 def damage_val_of_rank_1(root) -> list:
@@ -66,15 +73,15 @@ def damage_val_of_rank_1(root) -> list:
     return truncate([path for path, _ in ImageFolder(root / "val").samples[1::2]][:LIMIT + 1])
 
 
-def overrides(root, workers: int = 0):
+def overrides(root):
     # no RandAugment: with Pillow 13 its PosterizeIncreasing at magnitude 10 raises (0 bits), unrelated to this test
     return ["data=imagenet", f"data.root={root}", "data.img_size=32", "data.crop_pct=1.0", "data.aug.auto_augment=null",
-            f"data.num_workers={workers}", f"data.max_bad_images={LIMIT}", "model.in_chans=3", "model.kwargs.in_chans=3",
+            "data.num_workers=0", f"data.max_bad_images={LIMIT}", "model.in_chans=3", "model.kwargs.in_chans=3",
             "model.kwargs.num_classes=2", f"train.batch_size={BATCH}", "train.eval_batch_size=4",
             f"train.max_steps_per_epoch={STEPS}", "train.epochs=3"]
 
 
-def _rank(rank, world, init_file, out, roots, workers, results):
+def _rank(rank, world, init_file, out, roots, extra, results):
     import torch.distributed as dist
     import train
     from dimap.training import finetune
@@ -96,7 +103,7 @@ def _rank(rank, world, init_file, out, roots, workers, results):
     err, start = io.StringIO(), time.monotonic()
     try:
         with contextlib.redirect_stderr(err):
-            train.run(compose_train(out, *overrides(roots[rank], workers)))
+            train.run(compose_train(out, *overrides(roots[rank]), *extra))
         code = 0
     except SystemExit as e:
         code = e.code
@@ -111,17 +118,21 @@ def _rank(rank, world, init_file, out, roots, workers, results):
     dist.destroy_process_group()
 
 
-# train: rank 1 passes the limit in its first 2 steps of epoch 1 (no loader worker, so exactly there); val: at the
-# evaluation of the pruned model, through a loader worker (the count in shared memory)
-@pytest.mark.parametrize("split", ["train", pytest.param("val", marks=pytest.mark.slow)])
-def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_sentence(tmp_path, split):
+# train: rank 1 passes the limit in its first 2 steps of epoch 1 (no loader worker: exactly at the step computed);
+# with a checkpoint every step, that step's agreement is awaited before its checkpoint; val: at the evaluation of
+# the pruned model, through a loader worker (its count in shared memory)
+@pytest.mark.parametrize("case", ["train", pytest.param("train, checkpoint every step", marks=pytest.mark.slow),
+                                  pytest.param("val", marks=pytest.mark.slow)])
+def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_sentence(tmp_path, case):
     import torch.multiprocessing as mp
     clean = image_folder(tmp_path / "node0")
     damaged = image_folder(tmp_path / "node1")
-    bad = damage_in_epoch_1(damaged, within=2) if split == "train" else damage_val_of_rank_1(damaged)
+    split, every = case.split(",")[0], int("checkpoint" in case)
+    bad, passed_at = damage_in_epoch_1(damaged, within=2) if split == "train" else (damage_val_of_rank_1(damaged), 0)
+    extra = ["data.num_workers=1"] if split == "val" else [f"train.checkpoint_every_steps={every}"]
     out = tmp_path / "run"
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(2, tmp_path / "init", out, {0: clean, 1: damaged}, int(split == "val"), results), nprocs=2)
+    mp.spawn(_rank, args=(2, tmp_path / "init", out, {0: clean, 1: damaged}, extra, results), nprocs=2)
 
     sentences = {}
     for rank in (0, 1):
@@ -136,12 +147,12 @@ def test_past_max_bad_images_on_one_rank_every_rank_stops_together_in_one_senten
     assert sentences[1].endswith("raise data.max_bad_images and rerun to resume")
     assert abs(results[0][4] - results[1][4]) < TIMEOUT_S / 2  # together, not one rank at the timeout
     assert not (out / "summary.json").exists() and not (out / ".lock").exists()
-    if split == "train":  # at the same update of epoch 1, before its end (the agreement comes one update late)
-        epochs = results[1][2]  # each epoch's stop step (None: ran to its end); the limit passed at step 1 or 2
-        assert results[0][2] == epochs and len(epochs) == 2 and epochs[0] is None and epochs[1] in (2, 3), results
-        # epoch 1 left no checkpoint: the one to resume from is epoch 0's
+    if split == "train":  # at the same update of epoch 1, before its end; no checkpoint of any update since
+        epochs = results[1][2]  # each epoch's stop step (None: ran to its end)
+        stopped_at = passed_at if every else passed_at + 1  # the poll's agreement comes one update late
+        assert results[0][2] == epochs == [None, stopped_at], (passed_at, [results[r][2] for r in (0, 1)])
         state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-        assert state["epoch"] == 0 and not state.get("step")
+        assert (state["epoch"], state.get("step") or 0) == (0, every * (passed_at - 1))  # the one to resume from
         assert len((out / "log.jsonl").read_text().splitlines()) == 1
     else:  # stopped at the evaluation of the pruned model: nothing written
         assert not (out / "checkpoints").exists()
@@ -152,7 +163,7 @@ def test_past_max_bad_images_in_a_single_process_run_it_stops_in_one_sentence(tm
     import train
     from tests.test_failures import compose_train
     root = image_folder(tmp_path / "data")
-    bad = damage_in_epoch_1(root, rank=0, world=1)
+    bad = damage_in_epoch_1(root, rank=0, world=1)[0]
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:  # no loader worker: it would prefetch batches of epoch 0 left unused
         train.run(compose_train(out, *overrides(root)))
