@@ -157,8 +157,8 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         bad = past_limit(train_loader) is not None
         stop = preemption.poll(bad) if preemption is not None else 0  # agreed by all ranks, one update late
         due = stop or (every and -(-step // batches.accum_steps) % every == 0 and step < steps)
-        if due and stop != BAD_DATA and preemption is not None and preemption.requested(bad) == BAD_DATA:
-            stop = BAD_DATA  # agreed on this update's images at once: none past the limit goes into a checkpoint
+        if due and stop != BAD_DATA and preemption is not None:  # agreed on this update at once, not one late:
+            stop = preemption.requested(bad)  # no step past the limit goes into a checkpoint (a signal is kept)
         if due and stop != BAD_DATA:
             partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
             checkpoint(epoch - 1, step=step, partial=partial)
