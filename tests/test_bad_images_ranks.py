@@ -1,6 +1,6 @@
 """Unreadable images past data.max_bad_images on ONE rank of a multi-process run (its node's copy of the dataset is
 damaged): every rank stops at the same update with the same one sentence and exit status 2, none is left waiting
-in a collective for the process group's timeout, and the last epoch's checkpoint stays the one to resume from.
+in a collective for the process group's timeout, and the last checkpoint written stays the one to resume from.
 
 The two ranks are started as Hydra's submitit launcher starts them (one task each, no torchrun whose agent would
 end the others), in a process group whose timeout is short, so that a rank left behind fails this test in seconds
