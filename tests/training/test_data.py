@@ -202,3 +202,15 @@ def test_past_max_bad_images_an_epoch_and_an_evaluation_stop_at_their_end(tmp_pa
     assert train_one_epoch(model, torch.nn.CrossEntropyLoss(), train, optimizer, torch.device("cpu"), 0,
                            progress=False)["train_loss"] > 0
     assert evaluate(model, train, torch.device("cpu"), progress=False)["n"] == len(train.dataset) // 5 * 5
+
+
+def test_the_papers_randaugment_can_posterize_to_zero_bits():
+    """rand-m9-mstd0.5-inc1 draws magnitudes up to 10, where PosterizeIncreasing keeps 0 bits (a black image, as in
+    the official recipe). Pillow 13 refuses bits=0 with a ValueError in the DataLoader worker, which would end an
+    ImageNet finetune in its first epoch (31 of 20,000 transforms raised): requirements.txt pins Pillow 12."""
+    from timm.data.auto_augment import rand_augment_transform
+    recipe = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "data" / "imagenet.yaml").aug.auto_augment
+    op = next(o for o in rand_augment_transform(recipe, {"img_mean": (124, 116, 104)}).ops
+              if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    assert np.asarray(op(Image.new("RGB", (8, 8), (100, 150, 200)))).max() == 0
