@@ -162,3 +162,14 @@ def test_kth_of_sorted_equals_a_full_sort_on_values_spread_over_every_exponent(n
         searched = arrays if numpy_arrays else [torch.from_numpy(a) for a in arrays]
         for k in rng.integers(1, len(everything) + 1, size=5):
             assert float(criteria._kth_of_sorted(searched, int(k))[0]) == everything[k - 1], (trial, k)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_group_whose_every_layer_holds_a_non_finite_weight_falls_back_to_the_reference(value):
+    weights = layers(SHAPES[:8], CASES["gaussian"])
+    for name in weights:
+        if weights.module[name] == MLP:
+            weights[name].view(-1)[0] = value
+    for ratio in (0.15, 0.55):
+        got, want = criteria.dimap(weights, ratio), reference.dimap(weights, ratio)
+        assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)

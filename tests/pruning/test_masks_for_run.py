@@ -52,3 +52,15 @@ def test_module_ratios_record_the_share_removed_over_all_modules():
     assert record["method"] == "dimap" and record["module_ratios"] == shares
     assert record["ratio"] == pytest.approx(removed_share(masks))
     assert 0.2 < record["ratio"] < 0.6  # the weighted share, not any one module's, nor ratio 0
+
+
+def test_a_zero_share_at_the_threshold_counts_as_already_pruned(monkeypatch):
+    """ALREADY_PRUNED is the smallest share of zeros that reads as a pruned file: at it, not only above it."""
+    from dimap.pruning import inspect_checkpoint
+    model = make_tiny_swin()
+    first = next(iter(prunable_weights(model).values()))
+    with torch.no_grad():
+        first.view(-1)[:7] = 0
+    share = removed_share({n: w != 0 for n, w in prunable_weights(model).items()})
+    monkeypatch.setattr(inspect_checkpoint, "ALREADY_PRUNED", share)
+    assert masks_for_run(model, "none", 0.0)[1]["weights_already_pruned"] is True

@@ -83,7 +83,7 @@ def test_the_refusals_name_the_fix():
     """Each refusal sends the user to what to type: the module names and an example, or the criteria it fits."""
     with pytest.raises(UserError) as e:
         compute_masks(make_tiny_swin(), "dimap", 0.5, module_ratios={"ATTN-M": 0.5})
-    assert "(QKV-M, PRJ-M, MLP-M)" in str(e.value) and "e.g. prune.module_ratios={QKV-M:0.5,PRJ-M:0.4,MLP-M:0.6}" \
+    assert "must map modules (QKV-M, PRJ-M, MLP-M) to shares, e.g. prune.module_ratios={QKV-M:0.5,PRJ-M:0.4,MLP-M:0.6}" \
         in str(e.value)
     with pytest.raises(UserError) as e:
         compute_masks(make_tiny_swin(), "global_magnitude", 0.5, module_ratios=SHARES)
