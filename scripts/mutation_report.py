@@ -33,7 +33,9 @@ def equivalents() -> dict[str, str]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--started", required=True)
+    p.add_argument("--unkilled", action="store_true", help="print the names, read from `mutmut results --all true` "
+                   "on stdin, of the mutants neither killed nor judged equivalent (what --rerun re-tests), and stop")
+    p.add_argument("--started")
     p.add_argument("--command", default="bash scripts/mutation_test.sh")
     p.add_argument("--mutmut", default="mutmut")
     p.add_argument("--half", choices=["pruning", "training"], default="pruning",
@@ -42,6 +44,13 @@ def main(argv=None) -> dict:
     p.add_argument("--finished", help="when the run ended (default: now)")
     p.add_argument("--note", default="", help="a sentence on how the run ended (e.g. stopped early)")
     args = p.parse_args(argv)
+    if args.unkilled:
+        rows = dict(line.strip().rsplit(": ", 1) for line in sys.stdin if ": " in line)
+        print(" ".join(n for n, st in rows.items() if st in ("survived", "no tests")
+                       and n not in equivalents()))
+        return {}
+    if not args.started:
+        p.error("--started is required")
     status = dict(line.strip().rsplit(": ", 1) for line in mutmut(args.mutmut, "results", "--all", "true").splitlines()
                   if ": " in line)
     equiv = equivalents()

@@ -5,8 +5,11 @@
 # and test selection for dimap/training/* and tests/training for the run and puts pyproject.toml back after.
 # Function globs after the options narrow the run (e.g. "dimap.training.checkpoint*").
 # Writes results/quality/mutmut_<half>.{md,json} with the command, commit and date.
+# `--rerun` (after tests were added) keeps the last run's mutants/ and re-tests only what it left unkilled and not
+# judged equivalent (results/quality/equivalent_mutants.txt), plus the function globs given (functions changed since,
+# whose mutants mutmut regenerates); mutmut's test-to-function map is rebuilt first so that new tests are selected.
 #   pip install mutmut==3.8.1        # not in requirements.txt: CI does not run this
-#   bash scripts/mutation_test.sh [--half pruning|training] [--max-children N] [function globs...]
+#   bash scripts/mutation_test.sh [--half pruning|training] [--rerun] [--max-children N] [function globs...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore DIMAP_MUTATION_TEST=1
@@ -25,8 +28,22 @@ case "$half" in
            pyproject.toml ;;
   *) echo "--half must be pruning or training, not '$half'" >&2; exit 2 ;;
 esac
-rm -rf mutants
 start=$(date -u +%FT%TZ)
+if [[ "${1:-}" == "--rerun" ]]; then
+  shift
+  [[ -d mutants ]] || { echo "--rerun needs the mutants/ of an earlier run here" >&2; exit 2; }
+  # read the earlier run's start and commit before anything changes, so the record names both runs
+  previous=$(python -c "import json; r = json.load(open('results/quality/mutmut_$half.json')); print(r['started'], r['git_commit'])")
+  todo=$("$MUTMUT" results --all true | python scripts/mutation_report.py --half "$half" --unkilled)
+  [[ -n "$todo$*" ]] || { echo "nothing to re-test: every mutant is killed or judged equivalent" >&2; exit 0; }
+  rm -f mutants/mutmut-stats.json   # else mutmut keeps its old map and never runs the new tests on old mutants
+  nice -n 15 "$MUTMUT" run "$@" $todo || true
+  python scripts/mutation_report.py --half "$half" --started "${previous% *}" --mutmut "$MUTMUT" --commit "$commit" \
+    --command "bash scripts/mutation_test.sh --half $half (at ${previous#* }), then --rerun $* at $commit" \
+    --note "Re-run from $start: $(echo $todo | wc -w) unkilled, non-equivalent mutants and the globs given, with the tests of $commit."
+  exit 0
+fi
+rm -rf mutants
 nice -n 15 "$MUTMUT" run "$@" || true   # mutmut exits non-zero when mutants survive
 python scripts/mutation_report.py --half "$half" --started "$start" --mutmut "$MUTMUT" --commit "$commit" \
   --command "bash scripts/mutation_test.sh --half $half $*"

@@ -88,7 +88,7 @@ def flops_official(model: nn.Module) -> dict | None:
             total += 2 * tokens * window * c + 2 * tokens * c  # q @ k^T, attn @ v; norm1, norm2
     total += sum(layers.values())
     total += model.num_features * ho * wo // 2 ** len(model.layers)  # the official code's final-norm term
-    head = getattr(model.head, "fc", model.head)
+    head = model.head.fc  # timm's ClassifierHead; an Identity when num_classes=0
     total += head.in_features * head.out_features if isinstance(head, nn.Linear) else 0
     return {"total": total, "layers": layers}
 

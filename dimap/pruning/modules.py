@@ -87,7 +87,8 @@ def _roles(model: nn.Module) -> tuple[dict[str, str], collections.Counter]:
 def _refuse(model: nn.Module, found: collections.Counter, why: str):
     holders = collections.Counter(type(m).__name__ for m in model.modules()
                                   if any(isinstance(c, nn.Linear) for c in m.children()))
-    listing = ", ".join(f"{c} x{n}" for c, n in (found + holders).most_common(8)) or "no linear layers"
+    # a recognised block is usually a holder too: | takes the larger count of the two, + would name it twice over
+    listing = ", ".join(f"{c} x{n}" for c, n in (found | holders).most_common(8)) or "no linear layers"
     raise UserError(f"{type(model).__name__} {why} (found {listing}): DIMAP prunes vision transformers built "
                     "from timm's attention and MLP blocks; see the README's supported families")
 

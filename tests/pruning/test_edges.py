@@ -140,6 +140,8 @@ def test_read_pruned_without_metadata_and_a_corrupt_file(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
     with pytest.raises(UserError, match="names no architecture in its metadata"):  # no metadata: {} read, refused
         read_pruned(tmp_path / "model.safetensors")
+    with pytest.raises(UserError, match=r"use masks_from_state_dict\(state_dict, model\) with the model it belongs to$"):
+        read_pruned(tmp_path)
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.safetensors is not a readable pruned model .*: write it again"):
         read_pruned(tmp_path / "bad.safetensors")

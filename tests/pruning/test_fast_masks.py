@@ -125,3 +125,51 @@ def test_kth_of_sorted_finds_the_kth_value():
     everything = np.sort(np.concatenate(arrays))
     for k in (1, 2, 500, len(everything)):
         assert criteria._kth_of_sorted(arrays, k)[0] == everything[k - 1]
+
+
+@pytest.mark.parametrize("where", [0, 5])  # in the first group (QKV-M) or a later one (MLP-M)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_group_gets_masks_when_one_holds_a_non_finite_weight(where, value):
+    weights = layers(SHAPES[:8], CASES["gaussian"])
+    list(weights.values())[where].view(-1)[3] = value
+    for ratio in (0.15, 0.55):
+        got, want = criteria.dimap(weights, ratio), reference.dimap(weights, ratio)
+        assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_a_group_that_loses_exactly_one_weight_loses_one(backend):
+    weights = layers(SHAPES, CASES["gaussian"], seed=4)
+    sizes = {m: sum(weights[n].numel() for n in weights if weights.module[n] == m) for m in (QKV, PRJ, MLP)}
+    ratio = 1 / max(sizes.values())  # the largest module loses exactly 1, the smallest none
+    masks = criteria.dimap(weights, ratio)
+    for m, size in sizes.items():
+        assert sum(int((~masks[n]).sum()) for n in weights if weights.module[n] == m) == criteria.n_removed(size, ratio)
+    assert criteria.n_removed(max(sizes.values()), ratio) == 1
+    want = reference.dimap(weights, ratio)
+    assert all(torch.equal(masks[n], want[n]) for n in want)
+
+
+@pytest.mark.parametrize("numpy_arrays", [True, False], ids=["numpy", "torch"])
+def test_kth_of_sorted_equals_a_full_sort_on_values_spread_over_every_exponent(numpy_arrays):
+    """Values drawn uniformly over the bit patterns of [0, 1] (every exponent, subnormals and zeros included), so
+    the k-th value falls into every slice of the search's fan-out, including the first ones."""
+    rng = np.random.default_rng(1)
+    one = np.array(1.0).view(np.int64)
+    for trial in range(60):
+        arrays = [np.sort(rng.integers(0, one, size=int(rng.integers(1, 300))).view(np.float64))
+                  for _ in range(int(rng.integers(2, 5)))]
+        everything = np.sort(np.concatenate(arrays))
+        searched = arrays if numpy_arrays else [torch.from_numpy(a) for a in arrays]
+        for k in rng.integers(1, len(everything) + 1, size=5):
+            assert float(criteria._kth_of_sorted(searched, int(k))[0]) == everything[k - 1], (trial, k)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_group_whose_every_layer_holds_a_non_finite_weight_falls_back_to_the_reference(value):
+    weights = layers(SHAPES[:8], CASES["gaussian"])
+    for name in weights:
+        if weights.module[name] == MLP:
+            weights[name].view(-1)[0] = value
+    for ratio in (0.15, 0.55):
+        got, want = criteria.dimap(weights, ratio), reference.dimap(weights, ratio)
+        assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)

@@ -119,3 +119,28 @@ def test_per_module_comparison_recovers_another_split(tmp_path):
     per_module = comp["per_module_ratio"]
     assert per_module["overall"]["iou_kept"] == 1.0 and per_module["overall"]["same_bits"] == 1.0
     assert per_module["module_ratios"] == comp["checkpoint_module_removed"]
+
+
+def model_cfg(weights):
+    return {"name": "swin_tiny_patch4_window7_224", "kwargs": KWARGS, "weights": str(weights)}
+
+
+@pytest.mark.parametrize("method, per_module", [("uniform", True), ("dimap", True), ("global_magnitude", False)])
+def test_the_per_module_comparison_runs_for_the_criteria_that_rank_per_module(checkpoints, method, per_module):
+    """uniform and dimap rank within each module, so they can be replayed at each module's measured share; one-
+    threshold criteria cannot (module_ratios does not apply to them) and get the equal-r comparison only."""
+    from dimap.pruning.inspect_checkpoint import inspect_checkpoint
+    dense, pruned, _ = checkpoints
+    _, _, comparison = inspect_checkpoint(model_cfg(pruned), compare_dense=str(dense), compare_method=method)
+    assert comparison["method"] == method and ("per_module_ratio" in comparison) is per_module
+
+
+def test_missing_dense_weights_name_the_knob_that_gave_them(checkpoints, tmp_path):
+    """The dense file came from prune.compare_dense, so the sentence must send the user there, not to model.weights."""
+    from dimap.errors import UserError
+    from dimap.pruning.inspect_checkpoint import inspect_checkpoint
+    _, pruned, _ = checkpoints
+    with pytest.raises(UserError) as e:
+        inspect_checkpoint(model_cfg(pruned), compare_dense=str(tmp_path / "nowhere.pth"))
+    assert str(e.value).startswith(f"prune.compare_dense='{tmp_path / 'nowhere.pth'}' is not a file: pass "
+                                   "prune.compare_dense=PATH") and "model.weights=" not in str(e.value)

@@ -77,3 +77,22 @@ def test_prune_py_takes_module_ratios_from_the_command_line(tmp_path):
     assert s["module_ratios"] == SHARES
     assert {m: round(1 - v["kept_fraction"], 3) for m, v in s["modules"].items()} == SHARES
     assert s["ratio"] == pytest.approx(s["prunable_removed_fraction"]) and s["ratio"] != 0.55
+
+
+def test_the_refusals_name_the_fix():
+    """Each refusal sends the user to what to type: the module names and an example, or the criteria it fits."""
+    with pytest.raises(UserError) as e:
+        compute_masks(make_tiny_swin(), "dimap", 0.5, module_ratios={"ATTN-M": 0.5})
+    assert "must map modules (QKV-M, PRJ-M, MLP-M) to shares, e.g. prune.module_ratios={QKV-M:0.5,PRJ-M:0.4,MLP-M:0.6}" \
+        in str(e.value)
+    with pytest.raises(UserError) as e:
+        compute_masks(make_tiny_swin(), "global_magnitude", 0.5, module_ratios=SHARES)
+    assert str(e.value).endswith("drop prune.module_ratios or use prune=dimap (or uniform)")
+
+
+def test_a_module_left_dense_is_a_valid_share(model):
+    """0 is a share: prune the MLPs only, the attention stays dense."""
+    masks = compute_masks(model, "dimap", 0.5, module_ratios={QKV: 0.0, PRJ: 0.0, MLP: 0.5})
+    for module, names in modules_of(prunable_weights(model)).items():
+        size = sum(masks[n].numel() for n in names)
+        assert removed(masks, names) == (n_removed(size, 0.5) if module == MLP else 0), module

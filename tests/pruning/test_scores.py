@@ -53,3 +53,36 @@ def test_scale_invariant_and_data_free():
     w = torch.randn(16, 8, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(dimap_scores(w), dimap_scores(10 * w))
     assert torch.equal(magnitude_scores(-w), w.abs().double())
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
+def test_sorted_magnitudes_of_half_precision_weights_are_exact_float32(numpy_path, monkeypatch):
+    """bf16/fp16 weights (a model loaded in half precision): sorted |w| in float32, every value exact; float32
+    stays float32 (a float64 copy of Swin-B's weights would double the memory of pruning)."""
+    from dimap.pruning import scores
+    monkeypatch.setattr(scores, "USE_NUMPY_ON_CPU", numpy_path)
+    w = torch.randn(40, 7, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        got = scores.sorted_magnitudes(w.to(dtype))
+        assert got.dtype == torch.float32
+        assert torch.equal(got, torch.sort(w.to(dtype).float().abs().reshape(-1)).values)
+    assert scores.sorted_magnitudes(w.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("as_numpy", [True, False], ids=["numpy", "torch"])
+def test_sorted_dimap_scores_when_the_largest_weight_is_one_and_of_an_empty_layer(as_numpy):
+    from dimap.pruning.scores import sorted_dimap_scores
+    w = torch.tensor([-0.5, 1.0, 0.25, 0.0], dtype=torch.float64)  # the largest square, 1.0, is the last cum sum
+    ascending = torch.sort(w.abs()).values
+    got = sorted_dimap_scores(ascending.numpy() if as_numpy else ascending)
+    want = torch.sort(dimap_scores(w)).values
+    assert np.array_equal(np.asarray(got), want.numpy())  # [0, 0.0625/1.3125, 0.25/1.25, 1.0]
+    empty = sorted_dimap_scores(np.zeros(0) if as_numpy else torch.zeros(0, dtype=torch.float64))
+    assert len(empty) == 0
+
+
+def test_lamp_orders_ties_by_index_ascending():
+    """The oracle's tie rule, on a layer long enough that torch's unstable sort would scramble ties (n >= 1000)."""
+    n = 2000
+    got = lamp_scores(torch.ones(n))
+    assert torch.equal(got, 1.0 / torch.arange(n, 0, -1, dtype=torch.float64))  # index i: 1 / (n - i)
