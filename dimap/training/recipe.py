@@ -100,8 +100,9 @@ def build_scheduler(optimizer, cfg, lrs: dict, updates_per_epoch: int):
             updates_per_epoch=updates_per_epoch)
     except (AssertionError, ValueError, TypeError) as e:
         raise UserError(f"train.sched={cfg.get('sched')!r} cannot be built ({e}): use e.g. train.sched=cosine")
-    if sched is None:
-        raise UserError(f"train.sched={cfg.get('sched')!r} is unknown to timm: use e.g. train.sched=cosine")
+    if sched is None:  # timm's "none": no scheduler at all, which the engine steps every update and epoch
+        raise UserError(f"train.sched={cfg.get('sched')!r} gives no schedule: use e.g. train.sched=cosine, or "
+                        "train.sched=constant for a fixed learning rate")
     return sched
 
 

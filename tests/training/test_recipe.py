@@ -162,10 +162,13 @@ def test_train_sched_picks_timms_scheduler_of_that_name():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     lrs = {"lr": 0.1, "min_lr": 0.0, "warmup_lr": 0.0}
     assert type(build_scheduler(opt, {"epochs": 3, "sched": "tanh"}, lrs, 2)) is TanhLRScheduler
-    for sched, words in [("cosinee", "unknown"), ("plateau", "cannot be built")]:  # plateau: per epoch only
+    for sched in ("cosinee", "plateau", "none"):  # unknown; per epoch only; timm's "no scheduler"
         with pytest.raises(UserError) as e:
             build_scheduler(opt, {"epochs": 3, "sched": sched}, lrs, 2)
         assert f"train.sched={sched!r}" in str(e.value) and names_override(str(e.value), "train.sched=cosine")
+    with pytest.raises(UserError, match="train.sched=constant"):  # what "none" was probably meant to be
+        build_scheduler(opt, {"epochs": 3, "sched": "none"}, lrs, 2)
+    build_scheduler(opt, {"epochs": 3, "sched": "constant"}, lrs, 2)
 
 
 # --- Mixup/CutMix and the loss ------------------------------------------------------------------------------
