@@ -119,6 +119,10 @@ def test_a_checkpoint_carrying_code_is_refused_unrun(tmp_path, monkeypatch):
     torch.save({"model": {}, "masks": {}, "epoch": 0, "extra": Payload()}, tmp_path / "last.pt")
     with pytest.raises(UserError, match="train.resume=false"):
         read_checkpoint(tmp_path / "last.pt")
+    # torch's switch back to full unpickling for callers that leave weights_only unset must not reach us
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(UserError, match="train.resume=false"):
+        read_checkpoint(tmp_path / "last.pt")
     assert not marker.exists()
 
 
