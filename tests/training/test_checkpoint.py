@@ -69,7 +69,8 @@ def test_another_global_batch_is_refused_naming_both_batches_and_the_process_cou
     with pytest.raises(UserError) as e:
         check_resumable(state, CONFIG, 512, tmp_path)
     msg = str(e.value)
-    assert all(s in msg for s in ("1024", "512", "8 process", str(tmp_path))) and names_override(msg, "train.resume=false")
+    assert all(s in msg for s in ("1024", "512", "8 process", str(tmp_path)))
+    assert names_override(msg, "train.resume=false")
     old = {"config": CONFIG}  # a checkpoint from before global_batch was stored: nothing to compare
     check_resumable(old, CONFIG, 512, tmp_path)
 

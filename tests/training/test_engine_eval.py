@@ -32,7 +32,8 @@ def test_the_progress_bar_counts_every_batch_from_the_resume_point_and_shows_a_r
     train_one_epoch(model, CE, batches, opt, CPU, 3, progress=False)
     whole, resumed, hidden = Bar.made
     assert (whole.n, whole.total, resumed.n, resumed.total, resumed.kwargs["initial"]) == (45, 45, 45, 45, 5)
-    assert "3" in whole.desc and whole.kwargs["disable"] is False and hidden.kwargs["disable"] and whole.leave is False  # one bar per epoch
+    assert "3" in whole.desc and whole.kwargs["disable"] is False and hidden.kwargs["disable"]
+    assert whole.leave is False  # the bar goes when the epoch ends: not one left on screen per epoch
     steps = [n for n, _ in whole.postfixes]
     assert steps[0] == 0 and steps[-1] == 44 and max(b - a for a, b in zip(steps, steps[1:])) <= 20
     assert len(steps) <= 45 / 10, "the loss is read (a GPU sync) every step"
