@@ -182,14 +182,16 @@ def mixed(fn, seed):
 
 @pytest.mark.parametrize("cfg, by_hand", [
     (PAPER, dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1)),
-    ({"mixup": 0.4, "cutmix": 0.0, "mixup_prob": 0.6, "mixup_switch_prob": 0.3, "smoothing": 0.2},
-     dict(mixup_alpha=0.4, cutmix_alpha=0.0, prob=0.6, switch_prob=0.3, label_smoothing=0.2)),
-    ({"mixup": 0, "cutmix": 0.5}, dict(mixup_alpha=0.0, cutmix_alpha=0.5, label_smoothing=0.0)),
+    ({"mixup": 0.4, "cutmix": 0.7, "mixup_prob": 0.6, "mixup_switch_prob": 0.3, "smoothing": 0.2},
+     dict(mixup_alpha=0.4, cutmix_alpha=0.7, prob=0.6, switch_prob=0.3, label_smoothing=0.2)),
+    ({"mixup": 0.5, "cutmix": 0.5}, dict(mixup_alpha=0.5, cutmix_alpha=0.5, label_smoothing=0.0)),  # defaults
+    ({"mixup": 0.3, "cutmix": 0.0}, dict(mixup_alpha=0.3, cutmix_alpha=0.0, label_smoothing=0.0)),  # Mixup only
+    ({"mixup": 0, "cutmix": 0.5}, dict(mixup_alpha=0.0, cutmix_alpha=0.5, label_smoothing=0.0)),  # CutMix only
 ])
 def test_mixup_is_timms_built_by_hand_with_the_configured_values(cfg, by_hand):
     fn, loss = build_mixup_and_loss(cfg, num_classes=10)
     ref = Mixup(**by_hand, num_classes=10)
-    for seed in range(12):  # enough draws that mixing, cutting and not mixing all happen
+    for seed in range(30):  # enough draws that mixing, cutting and not mixing all happen
         (x, t), (rx, rt) = mixed(fn, seed), mixed(ref, seed)
         assert torch.equal(x, rx) and torch.equal(t, rt), seed
     logits = torch.randn(8, 10)
