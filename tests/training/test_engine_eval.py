@@ -89,5 +89,7 @@ def test_evaluate_scores_fp32_logits_under_autocast_and_passes_channels_last(mon
         logits = model.conv(x).flatten(1)
     assert logits.dtype == torch.bfloat16 and seen == [True, False]
     assert ev["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits.float(), y).item(), rel=1e-6)
-    bar = Bar.made[0]
+    evaluate(model, [(x, y)], CPU, progress=False)
+    bar, _, hidden = Bar.made
     assert bar.desc.startswith("val ema") and bar.kwargs["disable"] is False and bar.leave is False
+    assert hidden.kwargs["disable"]  # off the main rank: no bar
