@@ -65,11 +65,11 @@ def test_accumulating_three_micro_batches_is_one_step_on_their_union():
 
 
 def test_a_preempted_epoch_resumed_from_its_step_equals_the_uninterrupted_one():
-    batches, epoch, accum = data(12, 2), 1, 2
+    batches, epoch, accum = data(14, 2), 1, 2  # 7 batches: 3 groups of 2 and a short one
     whole, sched_whole = linear(), Updates()
     full = train_one_epoch(whole, CE, batches, torch.optim.SGD(whole.parameters(), lr=0.5), CPU, epoch,
                            accum_steps=accum, scheduler=sched_whole, progress=False)
-    assert sched_whole.seen == [4, 5, 6] and full["updates"] == 6  # epoch 1 of 3 updates each: updates 4..6
+    assert sched_whole.seen == [5, 6, 7, 8] and full["updates"] == 8  # epoch 1 of 4 updates each: updates 5..8
     part, sched_part, calls = linear(), Updates(), []
     opt = torch.optim.SGD(part.parameters(), lr=0.5)
 
@@ -79,11 +79,11 @@ def test_a_preempted_epoch_resumed_from_its_step_equals_the_uninterrupted_one():
 
     cut = train_one_epoch(part, CE, batches, opt, CPU, epoch, accum_steps=accum, scheduler=sched_part,
                           on_update=preempt, progress=False)
-    assert cut["stopped_at"] == 2 and cut["updates"] == 4 and cut["skipped_steps"] == 0 and len(calls) == 1
+    assert cut["stopped_at"] == 2 and cut["updates"] == 5 and cut["skipped_steps"] == 0 and len(calls) == 1
     assert calls[0][0] == 2 and torch.equal(calls[0][1], cut["totals"]) and cut["totals"][1] == 2
     rest = train_one_epoch(part, CE, batches[2:], opt, CPU, epoch, accum_steps=accum, scheduler=sched_part,
                            start_step=2, totals=cut["totals"], skipped=cut["skipped_steps"], progress=False)
-    assert sched_part.seen == [4, 5, 6] and rest["updates"] == 6 and type(rest["updates"]) is int
+    assert sched_part.seen == [5, 6, 7, 8] and rest["updates"] == 8 and type(rest["updates"]) is int
     assert rest["train_loss"] == pytest.approx(full["train_loss"], rel=1e-12)
     for pa, pb in zip(whole.parameters(), part.parameters()):
         torch.testing.assert_close(pa, pb)
