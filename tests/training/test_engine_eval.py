@@ -57,6 +57,8 @@ def test_evaluate_sums_over_ranks_runs_without_gradients_and_handles_few_classes
     assert one["n"] == 6 and one["top5"] == 100.0
     assert one["top1"] == pytest.approx(100 * (logits.argmax(1) == y).double().mean().item())
     assert one["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    batch_sums = [torch.nn.functional.cross_entropy(lx.flatten(1)[:, :3], ly, reduction="sum") for lx, ly in loader]
+    assert one["loss"] == sum(b.double() for b in batch_sums).item() / 6  # summed in float64, as the code says
     ranked = torch.arange(7.0).flip(0).repeat(2, 1)  # class 0 first ... class 6 last
     fifth_sixth = evaluate(torch.nn.Identity(), [(ranked, torch.tensor([4, 5]))], CPU, progress=False)
     assert (fifth_sixth["top1"], fifth_sixth["top5"]) == (0.0, 50.0)  # ranked 5th: a top-5 hit; 6th: a miss

@@ -81,6 +81,7 @@ def test_a_preempted_epoch_resumed_from_its_step_equals_the_uninterrupted_one():
                           on_update=preempt, progress=False)
     assert cut["stopped_at"] == 2 and cut["updates"] == 5 and cut["skipped_steps"] == 0 and len(calls) == 1
     assert calls[0][0] == 2 and torch.equal(calls[0][1], cut["totals"]) and cut["totals"][1] == 2
+    assert calls[0][2] == 0  # the skipped steps so far, which the preemption checkpoint stores
     rest = train_one_epoch(part, CE, batches[2:], opt, CPU, epoch, accum_steps=accum, scheduler=sched_part,
                            start_step=2, totals=cut["totals"], skipped=cut["skipped_steps"], progress=False)
     assert sched_part.seen == [5, 6, 7, 8] and rest["updates"] == 8 and type(rest["updates"]) is int
