@@ -77,6 +77,9 @@ def build_optimizer(model: torch.nn.Module, cfg, lr: float) -> torch.optim.Optim
     kwargs = {"eps": cfg.get("opt_eps")} if cfg.get("opt_eps") is not None else {}
     if cfg.get("opt_betas") is not None:
         kwargs["betas"] = tuple(cfg["opt_betas"])
+    if not isinstance(cfg.get("opt", "adamw"), str):  # train.opt=null: timm would fail on None.lower()
+        raise UserError(f"train.opt={cfg.get('opt')!r} is not an optimizer name: use a timm optimizer name, e.g. "
+                        "train.opt=adamw")
     try:
         return create_optimizer_v2(model, opt=cfg.get("opt", "adamw"), lr=lr,
                                    weight_decay=float(cfg.get("weight_decay", 0.0)), **kwargs)
