@@ -245,5 +245,5 @@ def test_autocast_runs_in_the_dtype_asked_for():
 @pytest.mark.parametrize("opt", [None, 3])
 def test_an_optimizer_that_is_not_a_name_is_refused_in_one_sentence(opt):
     """train.opt=null reached timm's None.lower() and ended in an AttributeError traceback."""
-    with pytest.raises(UserError, match=r"^train\.opt=.* is not an optimizer name: .* e\.g\. train\.opt=adamw$"):
+    with pytest.raises(UserError, match=rf"^train\.opt={opt!r} is not an optimizer name: .* e\.g\. train\.opt=adamw$"):
         build_optimizer(make_tiny_swin(), {"opt": opt, "weight_decay": 0.05}, 1e-3)
