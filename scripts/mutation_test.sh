@@ -32,14 +32,16 @@ start=$(date -u +%FT%TZ)
 if [[ "${1:-}" == "--rerun" ]]; then
   shift
   [[ -d mutants ]] || { echo "--rerun needs the mutants/ of an earlier run here" >&2; exit 2; }
-  # read the earlier run's start and commit before anything changes, so the record names both runs
-  previous=$(python -c "import json; r = json.load(open('results/quality/mutmut_$half.json')); print(r['started'], r['git_commit'])")
+  # the earlier record's start and command, read before anything changes: the new record names every run since
+  record="results/quality/mutmut_$half.json"
+  started=$(python -c "import json; print(json.load(open('$record'))['started'])")
+  previous=$(python -c "import json; r = json.load(open('$record')); print(r['command'], 'at', r['git_commit'][:7])")
   todo=$("$MUTMUT" results --all true | python scripts/mutation_report.py --half "$half" --unkilled)
   [[ -n "$todo$*" ]] || { echo "nothing to re-test: every mutant is killed or judged equivalent" >&2; exit 0; }
   rm -f mutants/mutmut-stats.json   # else mutmut keeps its old map and never runs the new tests on old mutants
   nice -n 15 "$MUTMUT" run "$@" $todo || true
-  python scripts/mutation_report.py --half "$half" --started "${previous% *}" --mutmut "$MUTMUT" --commit "$commit" \
-    --command "bash scripts/mutation_test.sh --half $half (at ${previous#* }), then --rerun $* at $commit" \
+  python scripts/mutation_report.py --half "$half" --started "$started" --mutmut "$MUTMUT" --commit "$commit" \
+    --command "$previous; then bash scripts/mutation_test.sh --half $half --rerun $*" \
     --note "Re-run from $start: $(echo $todo | wc -w) unkilled, non-equivalent mutants and the globs given, with the tests of $commit."
   exit 0
 fi
