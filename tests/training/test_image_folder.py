@@ -46,13 +46,14 @@ def test_a_bad_file_is_replaced_by_the_next_readable_one_each_time_it_is_read(ro
 
 def test_at_the_limit_the_run_goes_on_past_it_the_sentence_names_count_limit_and_last_file(root, monkeypatch):
     ds = TolerantImageFolder(root, transform=None, max_bad=1)
-    ds[index(ds, "a/0.png")]
+    assert colour(ds[index(ds, "a/0.png")][0]) == COLOURS["a/1.png"]  # at the limit: still the next readable one
     assert past_limit(ds) is None and ds.sentence_past_limit() is None  # 1 bad file of 1 allowed
     sample, _ = ds[index(ds, "b/4.png")]  # the second: past the limit, a blank image, no search for the next one
     assert colour(sample) == (0, 0, 0)
     assert past_limit(ds) == (f"2 images under {root} could not be read, more than data.max_bad_images=1 (the last: "
                               f"{root / 'b/4.png'}): repair or remove them, or raise data.max_bad_images and rerun "
                               "to resume")
+    assert ds.sentence_past_limit() == past_limit(ds)  # one process: no host and rank in the sentence
     monkeypatch.setattr(image_folder, "get_world_size", lambda: 2)
     monkeypatch.setattr(image_folder, "get_rank", lambda: 1)
     assert past_limit(ds).startswith(f"2 images under {root} on {socket.gethostname()} (rank 1) could not be read")
