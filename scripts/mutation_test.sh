@@ -18,6 +18,10 @@ half=pruning
 if [[ "${1:-}" == "--half" ]]; then half=$2; shift 2; fi
 # the commit mutated, taken before --half training edits pyproject.toml (which would read as "+dirty")
 commit=$(python -c "from dimap.provenance import git_commit; print(git_commit())")
+if [[ "${1:-}" == "--rerun" && "$commit" == *+dirty ]]; then  # the record names the commit whose tests killed
+  echo "commit your new tests and the earlier record (results/quality) first: the re-run's record names that commit" >&2
+  exit 2
+fi
 case "$half" in
   pruning) ;;
   training)
