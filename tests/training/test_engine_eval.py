@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from test_engine_loop import CE, CPU, data, linear
+from test_engine_loop import CE, CPU, ChannelsLastProbe, data, linear
 
 from dimap.training import distributed, engine
 from dimap.training.engine import evaluate, train_one_epoch
@@ -74,25 +74,14 @@ def test_evaluate_sums_over_ranks_runs_without_gradients_and_handles_few_classes
 
 
 def test_evaluate_scores_fp32_logits_under_autocast_and_passes_channels_last(monkeypatch):
-    seen = []
-
-    class Conv(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 7, 2)
-
-        def forward(self, x):
-            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-            return self.conv(x).flatten(1)
-
-    model, (x, y) = Conv(), data(4, 4)[0]
+    model, (x, y) = ChannelsLastProbe(7), data(4, 4)[0]
     monkeypatch.setattr(engine, "tqdm", Bar)
     Bar.made = []
     ev = evaluate(model, [(x, y)], CPU, amp_dtype=torch.bfloat16, channels_last=True, desc="val ema")
     evaluate(model, [(x, y)], CPU)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model.conv(x).flatten(1)
-    assert logits.dtype == torch.bfloat16 and seen == [True, False]
+    assert logits.dtype == torch.bfloat16 and model.seen == [True, False]
     assert ev["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits.float(), y).item(), rel=1e-6)
     evaluate(model, [(x, y)], CPU, progress=False)
     bar, _, hidden = Bar.made

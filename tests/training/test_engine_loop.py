@@ -199,26 +199,27 @@ def test_gradients_are_all_reduced_only_on_the_micro_batch_that_steps():
     assert unwrap(compiled) is model.module and unwrap(model) is model.module and unwrap(model.module) is model.module
 
 
+class ChannelsLastProbe(torch.nn.Module):
+    """A conv classifier that records, per forward, whether its input arrived in channels_last (and only in it)."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.conv, self.seen = torch.nn.Conv2d(3, classes, 2), []
+
+    def forward(self, x):
+        self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.conv(x).flatten(1)
+
+
 def test_amp_dtype_runs_the_forward_under_autocast_and_channels_last_reaches_the_model():
-    seen = []
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 5, 2)
-
-        def forward(self, x):
-            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-            return self.conv(x).flatten(1)
-
     dtypes = []
     loss = lambda logits, y: (dtypes.append(logits.dtype), CE(logits.float(), y))[1]  # noqa: E731
-    model = Probe()
+    model = ChannelsLastProbe(5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, loss, data(2, 2), opt, CPU, 0, amp_dtype=torch.bfloat16, channels_last=True,
                     progress=False)
     train_one_epoch(model, loss, data(2, 2), opt, CPU, 0, progress=False)
-    assert dtypes == [torch.bfloat16, torch.float32] and seen == [True, False]
+    assert dtypes == [torch.bfloat16, torch.float32] and model.seen == [True, False]
 
 
 def test_mixup_output_is_what_the_model_and_the_loss_see():
