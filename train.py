@@ -28,7 +28,8 @@ from dimap.pruning.accounting import account
 from dimap.training.checkpoint import check_resumable, load_latest, seed_everything
 from dimap.training.data import build_loaders
 from dimap.training.cluster import Preemption, hold_output_dir, link_submitit_logs
-from dimap.training.distributed import all_gather_object, cleanup, env_from_submitit, init_distributed
+from dimap.training.distributed import (all_gather_object, cleanup, env_from_submitit, init_distributed,
+                                       on_main_shared)
 from dimap.training.engine import evaluate
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
@@ -36,6 +37,7 @@ from dimap.pruning.inspect_checkpoint import masks_for_run
 from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_ratio
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
+from dimap.training.rank_failure import FailTogether
 from dimap.pruning.pruned_file import save_pruned
 from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
 from dimap.report import (check_output_dir, finished_summary, format_table, prune_summary, results_table,
@@ -75,6 +77,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         return done
     env_from_submitit()  # a task of Hydra's submitit launcher: its rank and world as torchrun's variables
     device, rank, world = init_distributed(cfg.device)
+    held.enter_context(FailTogether())  # an error on one rank ends every rank within seconds, not at NCCL's timeout
     torch.backends.cudnn.benchmark = device.type == "cuda"
     main = rank == 0
     log = print if main else (lambda *a, **k: None)
@@ -124,7 +127,12 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     checksum = check_masks(masks, where="after pruning")
     log(f"masks identical on {world} rank(s): checksum {checksum}")
 
-    logger = WandbLogger(config["logger"], config, out, enabled=main, run_id=(state or {}).get("wandb_id"))
+    # wandb.init on rank 0 only, inside the shared outcome: its failure (a network error, a bad entity) ends every
+    # rank together with its sentence instead of leaving them in the first collective of finetuning
+    loggers = []  # rank 0's; what on_main_shared hands the other ranks is only None or the shared error
+    on_main_shared(lambda: loggers.append(WandbLogger(config["logger"], config, out,
+                                                      run_id=(state or {}).get("wandb_id"))))
+    logger = loggers[0] if loggers else WandbLogger(None, config, out, enabled=False)
     fit = {"history": [], "best_top1": None, "final": None}
     if tc["epochs"] > 0:
         fit = finetune(model, masks, train_loader, val_loader, num_classes, config, device, out, state=state,
