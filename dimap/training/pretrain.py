@@ -22,7 +22,8 @@ from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimi
 
 # Pretraining takes the finetuning recipe (train.*), then these, then the pretrain block: no Mixup, CutMix or EMA.
 PLAIN = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "ema": False}
-NOT_SHAPING = ("resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite", "compile")
+NOT_SHAPING = ("resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite", "compile",
+               "log_interval")
 
 
 def pretrain_recipe(config: dict) -> dict:
@@ -86,7 +87,8 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
                                 amp_dtype=dtype, scaler=scaler, clip_grad=rc.get("clip_grad"),
                                 accum_steps=batches.accum_steps, max_steps=rc.get("max_steps_per_epoch"),
                                 nonfinite=rc.get("nonfinite", "stop"),
-                                max_skipped_steps=int(rc.get("max_skipped_steps", 25)), progress=is_main())
+                                max_skipped_steps=int(rc.get("max_skipped_steps", 25)), progress=is_main(),
+                                log_interval=int(rc.get("log_interval", 50)))
         scheduler.step(epoch + 1)
         log(f"pretrain epoch {epoch}: loss {stats['train_loss']:.4f}, lr {stats['lr']:.2e}, "
             f"{time.time() - t0:.0f} s")
