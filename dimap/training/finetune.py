@@ -86,7 +86,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     if tc.get("ema"):
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=float(tc.get("ema_decay", 0.9998)))
-        ema_mask = FixedMask(ema.module, masks)
+        ema_mask = FixedMask(ema.module, masks, like=fixed)  # one copy of the multipliers on this GPU
 
     start, best, history = 0, -math.inf, []
     start_step, partial, rng_at_stop = 0, {"totals": None, "skipped": 0}, None
