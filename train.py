@@ -97,7 +97,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     train_loader, val_loader, num_classes = build_loaders(
         config["data"], batches.per_process, tc["eval_batch_size"], world_size=world, rank=rank, seed=cfg.seed,
         num_workers=tc["num_workers"], pin_memory=bool(tc["pin_memory"]) and device.type == "cuda",
-        train_split=tc["epochs"] > 0)  # evaluation only: val/ is enough
+        train_split=tc["epochs"] > 0, per_image_seeds=True)  # evaluation only: val/ is enough
     model = build_model(config["model"]).to(device)
     if model.num_classes != num_classes:
         raise UserError(f"the model has {model.num_classes} classes, data={cfg.data.name} has {num_classes}: "
