@@ -86,6 +86,9 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     if device.type == "cpu" and str(tc["amp"]) != "none":
         log(f"note: train.amp={tc['amp']} applies on CUDA only; this CPU run computes in fp32")
     held.enter_context(hold_output_dir(out, main))  # one writer per folder: a second run is refused here
+    # SIGTERM/SIGUSR1/SIGUSR2 from here on: noted, then acted on at the next safe point (a step, the end of
+    # pruning), every rank together, ending with the requeue exit; never the default handler's kill mid-write
+    preemption = held.enter_context(Preemption())
     if main:
         link_submitit_logs(out)
     state = load_latest(out / "checkpoints", log)[0] if tc["resume"] else None
@@ -105,7 +108,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     results = dict(state["results"]) if state else {}
     if state is None:
         if config["pretrain"]["epochs"] > 0:
-            pre = pretrain_dense(model, config, device, config["paths"]["cache_dir"], log=log)
+            pre = pretrain_dense(model, config, device, config["paths"]["cache_dir"], log=log, preemption=preemption)
             results.update(dense_top1=pre["top1"], dense_top5=pre["top5"], pretrain_cache=pre["cache"])
         elif tc["validate_dense"]:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
@@ -121,6 +124,9 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         ev = validate(model, val_loader, device, dtype, main, "eval pruned")
         results.update(pruned_top1=ev["top1"], pruned_top5=ev["top5"], val_images=ev["n"])
         log(f"{p['method']} r={p['ratio']:.4f}: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
+        if signum := preemption.requested():  # asked while pruning: nothing is written yet, the rerun prunes again
+            log("stopped after pruning, before anything was written: run the same command to start again")
+            preemption.exit(signum)
     else:
         model.load_state_dict(state["model"])
         masks = state["masks"]  # on the CPU, as computed; FixedMask keeps its own copies on the device
@@ -136,7 +142,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     fit = {"history": [], "best_top1": None, "final": None}
     if tc["epochs"] > 0:
         fit = finetune(model, masks, train_loader, val_loader, num_classes, config, device, out, state=state,
-                       logger=logger, results=results, log=log, preemption=held.enter_context(Preemption()))
+                       logger=logger, results=results, log=log, preemption=preemption)
     final = fit["final"] or {"top1": results["pruned_top1"], "top5": results["pruned_top5"]}
 
     summary = None

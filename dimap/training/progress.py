@@ -39,6 +39,8 @@ class Progress:
 
     def note(self, i: int, loss, lr: float) -> None:
         """`loss` (a Late) and `lr` of step `i`; shown at the next update() or at close()."""
+        if self.noted is not None:  # the step before's, noted too (a short interval, or the epoch's last step)
+            self._show()
         self.noted = (i, loss, lr)
 
     def update(self, i: int, images: int) -> None:
