@@ -45,10 +45,10 @@ class Progress:
 
     def update(self, i: int, images: int) -> None:
         """Step `i`, of `images` images on this rank, is done."""
-        self.bar.update(1)
         self.images, self.done = self.images + images, self.done + 1
         if self.noted is not None and self.noted[0] < i:
             self._show()
+        self.bar.update(1)
 
     def close(self) -> None:
         if self.noted is not None:

@@ -75,14 +75,16 @@ class FailTogether:
         return self
 
     def __exit__(self, kind, exc, tb):
+        if self.store is not None and kind is None:
+            # Every rank is done before any stops watching: rank 0 may serve the store, and a rank-0-only step at
+            # the end (writing summary.json) that fails still ends the ranks waiting here, through the watch
+            barrier()
         self.stopped.set()
         if self.store is not None and is_failure(exc):
             try:
                 self.store.set(self.key, f"rank {get_rank()} failed ({describe(exc)})")
             except Exception:  # noqa: BLE001 (the store's host is gone too: the others see that instead)
                 pass
-        if self.store is not None and kind is None:
-            barrier()  # every rank has stopped watching before rank 0, which may serve the store, exits
         return False
 
     def _watch(self) -> None:
