@@ -97,3 +97,12 @@ def test_wandb_init_failing_on_rank_0_ends_both_ranks_at_once_in_one_sentence(tm
         assert "error: wandb.init failed (CommError: failed to reach api.wandb.ai): check logger.project" in err
     assert abs(t0 - t1) < 10
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_what_counts_as_a_failure_to_announce():
+    from dimap.training.rank_failure import FailTogether, is_failure
+    assert is_failure(RuntimeError("x")) and is_failure(KeyboardInterrupt()) and is_failure(SystemExit(2))
+    assert not is_failure(None) and not is_failure(SystemExit(0)) and not is_failure(SystemExit(None))
+    assert not is_failure(SystemExit(128 + 15)) and not is_failure(SystemExit(128 + 12))  # preemption: requeued
+    with FailTogether() as watch:  # no process group: nothing to watch, nothing started
+        assert watch.thread is None
