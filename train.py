@@ -28,7 +28,8 @@ from dimap.pruning.accounting import account
 from dimap.training.checkpoint import check_resumable, load_latest, seed_everything
 from dimap.training.data import build_loaders
 from dimap.training.cluster import Preemption, hold_output_dir, link_submitit_logs
-from dimap.training.distributed import all_gather_object, cleanup, env_from_submitit, init_distributed
+from dimap.training.distributed import (all_gather_object, cleanup, env_from_submitit, init_distributed,
+                                       on_main_shared)
 from dimap.training.engine import evaluate
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
@@ -36,6 +37,7 @@ from dimap.pruning.inspect_checkpoint import masks_for_run
 from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_ratio
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
+from dimap.training.rank_failure import FailTogether
 from dimap.pruning.pruned_file import save_pruned
 from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
 from dimap.report import (check_output_dir, finished_summary, format_table, prune_summary, results_table,
@@ -75,6 +77,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         return done
     env_from_submitit()  # a task of Hydra's submitit launcher: its rank and world as torchrun's variables
     device, rank, world = init_distributed(cfg.device)
+    held.enter_context(FailTogether())  # an error on one rank ends every rank within seconds, not at NCCL's timeout
     torch.backends.cudnn.benchmark = device.type == "cuda"
     main = rank == 0
     log = print if main else (lambda *a, **k: None)
@@ -83,6 +86,9 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     if device.type == "cpu" and str(tc["amp"]) != "none":
         log(f"note: train.amp={tc['amp']} applies on CUDA only; this CPU run computes in fp32")
     held.enter_context(hold_output_dir(out, main))  # one writer per folder: a second run is refused here
+    # SIGTERM/SIGUSR1/SIGUSR2 from here on: noted, then acted on at the next safe point (a step, the end of
+    # pruning), every rank together, ending with the requeue exit; never the default handler's kill mid-write
+    preemption = held.enter_context(Preemption())
     if main:
         link_submitit_logs(out)
     state = load_latest(out / "checkpoints", log)[0] if tc["resume"] else None
@@ -94,7 +100,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     train_loader, val_loader, num_classes = build_loaders(
         config["data"], batches.per_process, tc["eval_batch_size"], world_size=world, rank=rank, seed=cfg.seed,
         num_workers=tc["num_workers"], pin_memory=bool(tc["pin_memory"]) and device.type == "cuda",
-        train_split=tc["epochs"] > 0)  # evaluation only: val/ is enough
+        train_split=tc["epochs"] > 0, per_image_seeds=True)  # evaluation only: val/ is enough
     model = build_model(config["model"]).to(device)
     if model.num_classes != num_classes:
         raise UserError(f"the model has {model.num_classes} classes, data={cfg.data.name} has {num_classes}: "
@@ -102,7 +108,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     results = dict(state["results"]) if state else {}
     if state is None:
         if config["pretrain"]["epochs"] > 0:
-            pre = pretrain_dense(model, config, device, config["paths"]["cache_dir"], log=log)
+            pre = pretrain_dense(model, config, device, config["paths"]["cache_dir"], log=log, preemption=preemption)
             results.update(dense_top1=pre["top1"], dense_top5=pre["top5"], pretrain_cache=pre["cache"])
         elif tc["validate_dense"]:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
@@ -118,17 +124,25 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         ev = validate(model, val_loader, device, dtype, main, "eval pruned")
         results.update(pruned_top1=ev["top1"], pruned_top5=ev["top5"], val_images=ev["n"])
         log(f"{p['method']} r={p['ratio']:.4f}: top-1 {ev['top1']:.2f}, top-5 {ev['top5']:.2f}")
+        if signum := preemption.requested():  # asked while pruning: nothing is written yet, the rerun prunes again
+            log("stopped after pruning, before anything was written: run the same command to start again")
+            preemption.exit(signum)
     else:
         model.load_state_dict(state["model"])
         masks = state["masks"]  # on the CPU, as computed; FixedMask keeps its own copies on the device
     checksum = check_masks(masks, where="after pruning")
     log(f"masks identical on {world} rank(s): checksum {checksum}")
 
-    logger = WandbLogger(config["logger"], config, out, enabled=main, run_id=(state or {}).get("wandb_id"))
+    # wandb.init on rank 0 only, inside the shared outcome: its failure (a network error, a bad entity) ends every
+    # rank together with its sentence instead of leaving them in the first collective of finetuning
+    loggers = []  # rank 0's; what on_main_shared hands the other ranks is only None or the shared error
+    on_main_shared(lambda: loggers.append(WandbLogger(config["logger"], config, out,
+                                                      run_id=(state or {}).get("wandb_id"))))
+    logger = loggers[0] if loggers else WandbLogger(None, config, out, enabled=False)
     fit = {"history": [], "best_top1": None, "final": None}
     if tc["epochs"] > 0:
         fit = finetune(model, masks, train_loader, val_loader, num_classes, config, device, out, state=state,
-                       logger=logger, results=results, log=log, preemption=held.enter_context(Preemption()))
+                       logger=logger, results=results, log=log, preemption=preemption)
     final = fit["final"] or {"top1": results["pruned_top1"], "top5": results["pruned_top5"]}
 
     summary = None

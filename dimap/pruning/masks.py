@@ -68,9 +68,13 @@ class FixedMask:
 
     Call `apply()` after every optimizer step: AdamW's momentum and weight decay would otherwise regrow them.
     The hot path is one `_foreach_mul_` over precomputed lists (masks pre-cast to each parameter's dtype and
-    device, fully kept layers left out), with no Python loop over parameters. On CPU the lists hold chunks
-    smaller than torch's parallel grain: a multiply is memory-bound, and one thread per chunk avoids OpenMP
-    barriers, which cost 10x on a loaded machine (scripts/bench_mask_overhead.py measures all of this).
+    device), with no Python loop over parameters. On CPU the lists hold chunks smaller than torch's parallel
+    grain: a multiply is memory-bound, and one thread per chunk avoids OpenMP barriers, which cost 10x on a loaded
+    machine (scripts/bench_mask_overhead.py measures all of this).
+
+    Only layers with something pruned are held (`names`, `params`, `factors`): a fully kept layer costs nothing.
+    `like`: another FixedMask of the same masks (the model's, for its EMA copy) whose multipliers this one reuses
+    where device, dtype and shape agree, so a GPU holds one dense copy of the masks, not one per model.
 
     Masking gradients is not needed for the mask to hold (apply() re-zeros after the step); `mask_grads()`
     exists for one case: call it before gradient clipping to clip by the norm of the kept weights only.
@@ -78,21 +82,25 @@ class FixedMask:
 
     CHUNK = 16384  # elements; below at::internal::GRAIN_SIZE (32768), so each chunk runs on one thread
 
-    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], like: "FixedMask | None" = None):
         params = dict(model.named_parameters())
         missing = [n for n in masks if n not in params]
         if missing:
             raise UserError(f"the masks name {missing[0]!r}, which this model lacks: prune this architecture again")
-        self.names = list(masks)
+        self.names = [n for n in masks if not bool(masks[n].all())]
         self.params = [params[n] for n in self.names]
-        self.factors = [masks[n].to(device=p.device, dtype=p.dtype) for n, p in zip(self.names, self.params)]
-        self._pruned = [i for i, n in enumerate(self.names) if not bool(masks[n].all())]
+        shared = dict(zip(like.names, like.factors)) if like is not None else {}
+        self.factors = []
+        for n, p in zip(self.names, self.params):
+            f = shared.get(n)
+            if f is None or (f.device, f.dtype, f.shape) != (p.device, p.dtype, p.shape):
+                f = masks[n].to(device=p.device, dtype=p.dtype)
+            self.factors.append(f)
         self._bind()
 
     def _bind(self) -> None:
-        self._storage = [self.params[i].data_ptr() for i in self._pruned]
-        self._targets, self._multipliers = self._split([self.params[i].detach() for i in self._pruned],
-                                                       [self.factors[i] for i in self._pruned])
+        self._storage = [p.data_ptr() for p in self.params]
+        self._targets, self._multipliers = self._split([p.detach() for p in self.params], self.factors)
 
     def _split(self, targets: list[torch.Tensor], factors: list[torch.Tensor]):
         """(targets, factors) as pairs of equal chunks on CPU; a non-contiguous target stays whole with its factor."""
@@ -110,7 +118,7 @@ class FixedMask:
 
     @torch.no_grad()
     def apply(self) -> None:
-        if [self.params[i].data_ptr() for i in self._pruned] != self._storage:
+        if [p.data_ptr() for p in self.params] != self._storage:
             self._bind()  # someone replaced a parameter's .data (model.half(), p.data = ...): follow it
         if self._targets:
             torch._foreach_mul_(self._targets, self._multipliers)
@@ -118,7 +126,7 @@ class FixedMask:
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients of pruned weights (optional, see the class docstring)."""
-        pairs = [(self.params[i].grad, self.factors[i]) for i in self._pruned if self.params[i].grad is not None]
+        pairs = [(p.grad, f) for p, f in zip(self.params, self.factors) if p.grad is not None]
         if pairs:
             grads, factors = zip(*pairs)
             torch._foreach_mul_(*self._split(list(grads), list(factors)))

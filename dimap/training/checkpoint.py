@@ -124,7 +124,7 @@ def load_latest(ckpt_dir: str | Path, log=print) -> tuple[dict | None, Path | No
 # Settings that may change between a run and its resumption without changing what is being trained.
 RESUME_FREE = {"output_dir", "logger", "paths", "hydra", "device"}
 RESUME_FREE_TRAIN = {"resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite",
-                     "max_skipped_steps", "eval_amp", "checkpoint_every_steps"}
+                     "max_skipped_steps", "eval_amp", "checkpoint_every_steps", "log_interval"}
 RESUME_FREE_DATA = {"root", "num_workers", "max_bad_images"}
 
 

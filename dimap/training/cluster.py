@@ -8,6 +8,7 @@ its resumption; the file also names the holder (host, pid) so that a refused run
 import contextlib
 import errno
 import fcntl
+import importlib.util
 import os
 import signal
 import socket
@@ -142,26 +143,70 @@ def link_submitit_logs(out_dir: str | Path) -> Path | None:
 
 
 class RegenerateTables(Callback):
-    """A Hydra callback (conf/hydra/default.yaml): when a multirun ends, scripts/make_tables.py rebuilds
-    results/tables from every summary.json there is, so a finished sweep leaves its tables without another step.
-    With the submitit launcher the multirun ends when its last job does (the submitting process waits for them)."""
+    """A Hydra callback (conf/hydra/default.yaml): when a multirun ends, scripts/make_tables.py rebuilds the tables
+    from the runs the sweep wrote, so a finished sweep leaves its tables without another step.
+
+    Every job notes its output_dir in SWEEP_DIR/runs.txt when it ends (wherever it ran: a submitit task too, on
+    the shared filesystem submitit needs). When all of them lie under the repository's results/runs, results/tables
+    is rebuilt from all of results/runs (a paper table's rows from several sweeps); otherwise the tables of the
+    runs under their common folder go to SWEEP_DIR/tables, leaving the repository's alone. `runs`/`out` fix
+    either folder instead. With the submitit launcher the multirun ends when its last job does."""
+
+    RUNS_FILE = "runs.txt"
 
     def __init__(self, runs: str | None = None, out: str | None = None, enabled: bool = True):
-        self.argv = [a for key, value in (("--runs", runs), ("--out", out)) if value for a in (key, str(value))]
-        self.enabled = enabled
+        self.runs, self.out, self.enabled = runs, out, enabled
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = _sweep_dir(config)  # fixed across sweeps (${paths.output_root}/multirun): forget the last one's
+        if self.enabled and sweep_dir is not None:
+            (sweep_dir / self.RUNS_FILE).unlink(missing_ok=True)
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        sweep_dir = _sweep_dir(config)
+        if not self.enabled or sweep_dir is None or "output_dir" not in config:
+            return
+        with contextlib.suppress(OSError):  # a note lost is a table not rebuilt, never a failed job
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            with open(sweep_dir / self.RUNS_FILE, "a") as f:
+                f.write(f"{Path(str(config.output_dir)).resolve()}\n")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if not self.enabled:
             return
-        import importlib.util
-        script = Path(__file__).resolve().parents[2] / "scripts" / "make_tables.py"
+        repo = Path(__file__).resolve().parents[2]
+        script = repo / "scripts" / "make_tables.py"
+        sweep_dir = _sweep_dir(config) or Path.cwd()
+        noted = sweep_dir / self.RUNS_FILE
+        dirs = sorted(set(noted.read_text().split("\n")) - {""}) if noted.is_file() else []
+        if self.runs:
+            runs, out = Path(self.runs), Path(self.out) if self.out else repo / "results" / "tables"
+        elif not dirs:
+            print(f"no run of this sweep noted its folder in {noted}: no tables rebuilt")
+            return
+        elif all(Path(d).is_relative_to(repo / "results" / "runs") for d in dirs):
+            runs, out = repo / "results" / "runs", Path(self.out) if self.out else repo / "results" / "tables"
+        else:
+            runs = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else Path(dirs[0]).parent
+            out = Path(self.out) if self.out else sweep_dir / "tables"
         spec = importlib.util.spec_from_file_location("make_tables", script)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         try:
-            module.main(self.argv)
+            module.main(["--runs", str(runs), "--out", str(out)])
         except Exception as e:  # the runs are what matters; a table that cannot be built must not hide them
             print(f"warning: {script} failed after the multirun ({type(e).__name__}: {e}); run it by hand")
+
+
+def _sweep_dir(config) -> Path | None:
+    """The multirun's folder (hydra.sweep.dir), or None outside a multirun."""
+    try:
+        from hydra.types import RunMode
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return None
+        return Path(str(config.hydra.sweep.dir)).resolve()
+    except Exception:  # noqa: BLE001 (a config without Hydra's node: not a multirun)
+        return None
 
 
 class Preemption:

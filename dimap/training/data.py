@@ -25,6 +25,8 @@ class EpochSeededSampler(DistributedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):  # PerImageSeeds: each image's augmentation from (seed, epoch, index)
+            self.dataset.set_epoch(epoch)
         entropy = [int(self.seed), int(epoch), int(self.rank)]
         self.generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1)
 
@@ -248,19 +250,24 @@ def capped_workers(requested: int, world_size: int = 1, rank: int = 0) -> int:
 
 
 def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, seed=0, num_workers=0,
-                  pin_memory=False, train_split: bool = True):
+                  pin_memory=False, train_split: bool = True, per_image_seeds: bool = False):
     """(train_loader, val_loader, num_classes); batch sizes are per rank. With `train_split=False` (evaluation
     only) train_loader is None and neither a train/ folder nor a full training batch is needed.
 
     The train order and augmentation are pure functions of (seed, epoch): call train_loader.sampler.set_epoch(epoch)
     before each epoch, and a resumed run sees the same batches (EpochSeededSampler, even on one process). The train
     loader's workers are therefore started anew each epoch (not persistent): a persistent worker would carry its
-    random state over from the epochs before, which a resumed run never saw."""
+    random state over from the epochs before, which a resumed run never saw. With `per_image_seeds` (finetuning,
+    which resumes mid-epoch) each image's augmentation is a function of (seed, epoch, index) alone
+    (dimap.training.item_seeds): the same batches resumed at any step, with any num_workers."""
     train_ds, val_ds, num_classes = build_datasets(data, train_split)
     num_workers = capped_workers(num_workers, world_size, rank)
     extra = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     val_sampler = ShardedEvalSampler(val_ds, num_replicas=world_size, rank=rank)
-    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=val_sampler, drop_last=False, **extra)
+    # Its own generator: making an iterator draws a seed, and from the global RNG that draw would move the main
+    # process's streams (drop path) with the number of evaluations, which persistent workers (made once) change
+    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=val_sampler, drop_last=False,
+                            generator=torch.Generator().manual_seed(0), **extra)
     if not train_split:
         return None, val_loader, num_classes
     if len(train_ds) < batch_size * world_size:
@@ -268,12 +275,17 @@ def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, se
             f"{len(train_ds)} training images cannot fill one batch of {batch_size} x {world_size} ranks: "
             "pass a smaller batch size."
         )
+    if per_image_seeds:
+        from dimap.training.item_seeds import PerImageSeeds
+        train_ds = PerImageSeeds(train_ds, seed)
     generator = torch.Generator()
     train_sampler = ResumableSampler(train_ds, num_replicas=world_size, rank=rank, seed=seed, generator=generator,
                                      shuffle=True, drop_last=True)
-    # Without workers the main process augments, from its own (checkpointed) RNG, which the loader's base-seed
-    # draw then keeps advancing as it always has: the runs and records made before stay reproducible.
+    # Without workers and per-image seeds the main process augments from its own (checkpointed) RNG, which the
+    # loader's base-seed draw then keeps advancing as it always has (dense pretraining: its caches stay valid).
+    # With per-image seeds that draw comes from `generator` whatever the worker count, so the main process's
+    # streams (Mixup, drop path) are the same with 0 workers or 8.
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
-                              generator=generator if num_workers > 0 else None,
+                              generator=generator if num_workers > 0 or per_image_seeds else None,
                               **(extra | {"persistent_workers": False}))
     return train_loader, val_loader, num_classes

@@ -6,7 +6,9 @@ import math
 import torch
 from tqdm import tqdm
 
-from dimap.training.distributed import all_reduce_sum
+from dimap.training.progress import Progress, on_terminal
+
+from dimap.training.distributed import all_reduce_sum, get_world_size
 from dimap.errors import UserError
 from dimap.training.image_folder import past_limit, stop_every_rank
 from dimap.training.recipe import autocast, updates_per_epoch
@@ -22,13 +24,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _step(model, optimizer, scaler, clip_grad, fixed_mask) -> tuple[torch.Tensor | None, bool]:
+class Late:
+    """Device values read one update later without draining the GPU's queue: copied into pinned host memory behind
+    the work that makes them, so reading waits for that work only (finished by then, as a rule), never for the
+    steps queued since. On the CPU the values are at hand at once."""
+
+    def __init__(self, values: torch.Tensor):
+        values = values.detach()
+        if values.device.type == "cuda":
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host, self.ready = values.clone(), None
+
+    def get(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host.tolist()
+
+
+def _step(model, optimizer, scaler, clip_grad, fixed_mask, check_now: bool = True
+          ) -> tuple[torch.Tensor | None, bool]:
     """One optimizer update from the accumulated gradients: (gradient norm, whether the update was applied).
 
     The norm decides, not the loss: it catches NaN gradients under a finite loss (bf16), and under DDP the
     gradients are already averaged over ranks, so every rank sees the same norm and decides the same way without
     a collective of its own. It is computed with clipping off too. fp16: GradScaler skips the update itself when
     it finds inf/NaN and then lowers its scale, which is how the skip is seen (the norm is then only clipping's).
+    `check_now=False` (a non-finite norm stops the run): the update is applied whatever the norm, which the caller
+    checks one update later (Late), before anything can read or save the weights; no host sync per update.
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -44,7 +70,7 @@ def _step(model, optimizer, scaler, clip_grad, fixed_mask) -> tuple[torch.Tensor
         scaler.step(optimizer)
         scaler.update()
         return norm, scaler.get_scale() >= scale
-    if not torch.isfinite(norm):  # the one host sync per update
+    if check_now and not torch.isfinite(norm):  # a host sync: only where a non-finite update must be skipped
         return norm, False
     optimizer.step()
     return norm, True
@@ -54,7 +80,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
                     amp_dtype=None, scaler=None, clip_grad=None, accum_steps: int = 1, fixed_mask=None,
                     ema=None, ema_mask=None, max_steps=None, nonfinite: str = "stop", max_skipped_steps: int = 25,
                     channels_last=False, progress: bool = True, start_step: int = 0, totals=None, skipped: int = 0,
-                    on_update=None) -> dict:
+                    in_a_row: int = 0, on_update=None, log_interval: int = 50) -> dict:
     """Train `model` for one epoch; returns train_loss (mean over ranks and applied steps), lr, skipped steps.
 
     `fixed_mask` (and `ema_mask` for the EMA copy) is a dimap.pruning.masks.FixedMask applied after every optimizer
@@ -66,9 +92,13 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
     always for fp16, where GradScaler skips are routine); `max_skipped_steps` skips in a row stop it either way.
 
     Resuming inside an epoch: `loader` yields the batches from `start_step` on (its sampler skips the others),
-    `totals` and `skipped` carry the interrupted part's loss sums and skipped steps. `on_update(step, totals,
-    skipped)` is called after every optimizer update (step = batches done this epoch); if it returns True the
-    epoch stops there and the result holds `stopped_at` = step (preemption: dimap.training.cluster).
+    `totals`, `skipped` and `in_a_row` carry the interrupted part's loss sums, skipped steps and skipped steps in a
+    row. `on_update(step, totals, skipped, in_a_row, settle)` is called after every optimizer update (step = batches
+    done this epoch; `settle()` raises NonFiniteLoss for an update whose norm is not checked yet: call it before
+    saving the weights); if it returns True the epoch stops there and the result holds `stopped_at` = step
+    (preemption: dimap.training.cluster).
+
+    `progress` (rank 0): tqdm on a terminal, else a line every `log_interval` steps (dimap.training.progress).
 
     Unreadable images past data.max_bad_images on any rank (dimap.training.image_folder) stop every rank at the
     end of the epoch, through the all-reduce of the loss sums (finetune's `on_update` stops them sooner).
@@ -81,10 +111,24 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
     # loss sum, batches (of applied updates)
     totals = torch.zeros(2, dtype=torch.float64, device=device) if totals is None else totals.to(device)
     group = torch.zeros(2, dtype=torch.float64, device=device)  # the same for the group being accumulated
-    in_a_row = 0
+    # A non-finite norm that stops the run is seen one update late (no host sync per update); `settle` checks the
+    # last update's, and runs before anything reads or saves the weights: the next update, on_update (which may
+    # write a checkpoint), the end of the epoch. Skipping ("skip", fp16) must decide before the update, at once.
+    check_now, pending = scaler is not None or nonfinite == "skip", None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        (norm, loss_value), step = pending[0].get(), pending[1]
+        pending = None
+        if not math.isfinite(norm):
+            raise NonFiniteLoss(f"the gradient norm became {norm} (loss {loss_value}) at epoch {epoch}, step {step}: "
+                                "lower train.lr, set train.clip_grad or train.amp=bf16, or pass train.nonfinite=skip; "
+                                "the last good checkpoint is kept, rerun to resume")
+
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(total=steps, initial=start_step, desc=f"train {epoch}", disable=not progress, dynamic_ncols=True,
-               leave=False)
+    shown = Progress(steps, start_step, f"train {epoch}", progress, log_interval, get_world_size())
     stopped_at = None
     for i, (images, targets) in enumerate(loader, start=start_step):
         if i >= steps:
@@ -104,7 +148,10 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         group += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
         if step_now:
-            norm, applied = _step(model, optimizer, scaler, clip_grad, fixed_mask)
+            settle()  # the previous update's norm, long computed by now
+            norm, applied = _step(model, optimizer, scaler, clip_grad, fixed_mask, check_now)
+            if not check_now:
+                pending = (Late(torch.stack([norm.float(), loss.detach().float()])), i)
             optimizer.zero_grad(set_to_none=True)
             num_updates += 1
             if applied:
@@ -118,11 +165,6 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
                         ema_mask.apply()
             else:
                 skipped, in_a_row = skipped + 1, in_a_row + 1
-                if scaler is None and nonfinite != "skip":
-                    raise NonFiniteLoss(f"the gradient norm became {norm.item()} (loss {loss.item()}) at epoch "
-                                        f"{epoch}, step {i}: lower train.lr, set train.clip_grad or train.amp=bf16, "
-                                        "or pass train.nonfinite=skip; the last good checkpoint is kept, rerun to "
-                                        "resume")
                 if in_a_row >= max_skipped_steps:
                     raise NonFiniteLoss(f"{in_a_row} optimizer steps in a row had non-finite gradients (epoch "
                                         f"{epoch}, step {i}): the run has diverged; lower train.lr or use "
@@ -130,15 +172,17 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, *, 
             group.zero_()
             if scheduler is not None:
                 scheduler.step_update(num_updates=num_updates)
-        if progress and (i % 20 == 0 or i + 1 == steps):  # .item() waits for the GPU: not every step, one rank
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
-        bar.update(1)
-        if step_now and on_update is not None and on_update(i + 1, totals, skipped):
+        if shown.wants(i):
+            shown.note(i, Late(loss.detach().float().reshape(1)), optimizer.param_groups[0]["lr"])
+        shown.update(i, len(targets))
+        if step_now and on_update is not None and on_update(i + 1, totals, skipped, in_a_row, settle):
             stopped_at = i + 1
             break
-    bar.close()
+    settle()
+    shown.close()
     if stopped_at is not None:  # the epoch goes on after the resumption: its sums stay this rank's own
-        return {"stopped_at": stopped_at, "totals": totals, "skipped_steps": skipped, "updates": num_updates}
+        return {"stopped_at": stopped_at, "totals": totals, "skipped_steps": skipped, "in_a_row": in_a_row,
+                "updates": num_updates}
     bad = past_limit(loader)
     totals = all_reduce_sum(torch.cat([totals, totals.new_tensor([bad is not None])]))  # + ranks past the limit
     if totals[2]:
@@ -160,7 +204,10 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, prog
         model = unwrap(model).eval()
         # top-1 hits, top-5 hits, loss sum, images; then the ranks past their limit of unreadable images
         stats = torch.zeros(5, dtype=torch.float64, device=device)
-        for images, targets in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        count = 0  # images, counted on the host: a device tensor made per batch would wait for the GPU each time
+        for images, targets in tqdm(loader, desc=desc, disable=not (progress and on_terminal()), dynamic_ncols=True,
+                                    leave=False):
+            count += len(targets)
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -168,11 +215,10 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, prog
                 logits = model(images)
             logits = logits.float()
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
-            stats[:4] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
-                                      torch.nn.functional.cross_entropy(logits, targets, reduction="sum"),
-                                      torch.tensor(len(targets), device=device)]).double()
+            stats[:3] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                                      torch.nn.functional.cross_entropy(logits, targets, reduction="sum")]).double()
         bad = past_limit(loader)
-        stats[4] = bad is not None
+        stats[3:] = stats.new_tensor([count, bad is not None])
         all_reduce_sum(stats)
         if stats[4]:
             stop_every_rank(bad)

@@ -86,7 +86,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
     if tc.get("ema"):
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=float(tc.get("ema_decay", 0.9998)))
-        ema_mask = FixedMask(ema.module, masks)
+        ema_mask = FixedMask(ema.module, masks, like=fixed)  # one copy of the multipliers on this GPU
 
     start, best, history = 0, -math.inf, []
     start_step, partial, rng_at_stop = 0, {"totals": None, "skipped": 0}, None
@@ -150,7 +150,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
 
     every = int(tc.get("checkpoint_every_steps") or 0)
 
-    def on_update(step: int, totals, skipped: int) -> bool:
+    def on_update(step: int, totals, skipped: int, in_a_row: int, settle) -> bool:
         """After each optimizer step: a mid-epoch checkpoint when asked to stop or every `every` updates. Past
         data.max_bad_images on any rank, every rank stops here together (one update late) without a checkpoint of
         the updates since: the one to resume from is the last written before."""
@@ -160,7 +160,8 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
         if due and stop != BAD_DATA and preemption is not None:  # agreed on this update at once, not one late:
             stop = preemption.requested(bad)  # no step past the limit goes into a checkpoint (a signal is kept)
         if due and stop != BAD_DATA:
-            partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped})
+            settle()  # no update with a non-finite norm goes into a checkpoint
+            partial = all_gather_object({"totals": totals.detach().cpu(), "skipped": skipped, "in_a_row": in_a_row})
             checkpoint(epoch - 1, step=step, partial=partial)
         return bool(stop)
 
@@ -178,6 +179,7 @@ def finetune(model, masks: dict, train_loader, val_loader, num_classes: int, con
                                 max_steps=max_steps, nonfinite=tc.get("nonfinite", "stop"),
                                 max_skipped_steps=int(tc.get("max_skipped_steps", 25)),
                                 channels_last=bool(tc.get("channels_last")), progress=main,
+                                log_interval=int(tc.get("log_interval", 50)),
                                 start_step=start_step if epoch == start else 0, on_update=on_update,
                                 **(partial if epoch == start else {}))
         if "stopped_at" in stats:

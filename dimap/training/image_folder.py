@@ -88,6 +88,7 @@ def past_limit(loader) -> str | None:
     """This rank's stop sentence when the dataset of `loader` (a DataLoader or a dataset) is a TolerantImageFolder
     past its limit, else None (also for any other dataset). Reads shared memory only: cheap at every update."""
     dataset = getattr(loader, "dataset", loader)
+    dataset = getattr(dataset, "dataset", dataset)  # inside dimap.training.item_seeds.PerImageSeeds
     if not isinstance(dataset, TolerantImageFolder) or dataset.n_bad.value <= dataset.max_bad:
         return None
     where = f" on {socket.gethostname()} (rank {get_rank()})" if get_world_size() > 1 else ""

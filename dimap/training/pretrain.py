@@ -17,12 +17,14 @@ from dimap.training.distributed import (all_gather_object, get_rank, get_world_s
                                        wrap_ddp)
 from dimap.errors import UserError
 from dimap.training.engine import evaluate, train_one_epoch
+from dimap.training.image_folder import past_limit, stop_every_rank
 from dimap.training.recipe import (amp_dtype, build_mixup_and_loss, build_optimizer, build_scheduler, eval_amp_dtype,
                                    grad_scaler, resolve_batches, scaled_lrs, updates_per_epoch)
 
 # Pretraining takes the finetuning recipe (train.*), then these, then the pretrain block: no Mixup, CutMix or EMA.
 PLAIN = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "ema": False}
-NOT_SHAPING = ("resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite", "compile")
+NOT_SHAPING = ("resume", "num_workers", "pin_memory", "eval_batch_size", "validate_dense", "nonfinite", "compile",
+               "log_interval")
 
 
 def pretrain_recipe(config: dict) -> dict:
@@ -37,8 +39,11 @@ def pretrain_key(config: dict, world_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
+def pretrain_dense(model, config: dict, device, cache_dir, log=print, preemption=None) -> dict:
     """Fill `model` with dense weights trained per config['pretrain'], from the cache when present.
+
+    `preemption` (dimap.training.cluster.Preemption): a stop request ends pretraining after the current step,
+    every rank together, with the requeue exit; nothing is cached, so the resumed run pretrains from the start.
 
     Builds its own loaders (pretrain.batch_size may differ from train.batch_size). Returns {'cache': path,
     'cached': bool, 'top1', 'top5'}: the accuracy of the dense model after pretraining.
@@ -80,13 +85,24 @@ def pretrain_dense(model, config: dict, device, cache_dir, log=print) -> dict:
     ddp = wrap_ddp(model, device)
     log(f"pretraining the dense model: {epochs} epochs, global batch {batches.global_batch}, lr {lrs['lr']:.2e}")
     t0 = time.time()
+
+    def stop_requested(*_) -> bool:  # after each update, agreed by every rank one update late (finetune's way)
+        return preemption is not None and bool(preemption.poll(past_limit(train_loader) is not None))
+
     for epoch in range(epochs):
         train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch, scheduler=scheduler,
                                 amp_dtype=dtype, scaler=scaler, clip_grad=rc.get("clip_grad"),
                                 accum_steps=batches.accum_steps, max_steps=rc.get("max_steps_per_epoch"),
                                 nonfinite=rc.get("nonfinite", "stop"),
-                                max_skipped_steps=int(rc.get("max_skipped_steps", 25)), progress=is_main())
+                                max_skipped_steps=int(rc.get("max_skipped_steps", 25)), progress=is_main(),
+                                log_interval=int(rc.get("log_interval", 50)), on_update=stop_requested)
+        if "stopped_at" in stats:
+            if (signum := preemption.requested(past_limit(train_loader) is not None)) == preemption.BAD_DATA:
+                stop_every_rank(past_limit(train_loader))
+            log(f"stopped in pretraining epoch {epoch} after step {stats['stopped_at']}: run the same command to "
+                "start again (dense pretraining is cached only once finished)")
+            preemption.exit(signum)
         scheduler.step(epoch + 1)
         log(f"pretrain epoch {epoch}: loss {stats['train_loss']:.4f}, lr {stats['lr']:.2e}, "
             f"{time.time() - t0:.0f} s")

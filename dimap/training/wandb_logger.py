@@ -5,6 +5,8 @@ Every method is a no-op when logging is off or on a rank other than 0, so caller
 """
 import os
 
+from dimap.errors import UserError
+
 PAPER_VARIANTS = {0.15: "DIMAP1", 0.35: "DIMAP2", 0.55: "DIMAP3"}  # paper Table 1 names for the dimap ratios
 TABLE1_COLUMNS = ["model", "variant", "method", "ratio", "top1", "top5", "params_m", "params_reduction_pct",
                   "flops_g", "flops_reduction_pct"]
@@ -59,10 +61,16 @@ class WandbLogger:
 
         os.makedirs(out_dir, exist_ok=True)
         from dimap.provenance import git_commit
-        self.run = wandb.init(
-            project=cfg.get("project", "dimap"), entity=cfg.get("entity"), group=cfg.get("group"),
-            name=cfg.get("name"), tags=list(cfg.get("tags") or []), dir=str(out_dir), mode=wandb_mode(cfg.get("mode")),
-            config={**config, "git_commit": git_commit()}, id=run_id, resume="allow" if run_id else None)
+        try:
+            self.run = wandb.init(
+                project=cfg.get("project", "dimap"), entity=cfg.get("entity"), group=cfg.get("group"),
+                name=cfg.get("name"), tags=list(cfg.get("tags") or []), dir=str(out_dir),
+                mode=wandb_mode(cfg.get("mode")), config={**config, "git_commit": git_commit()}, id=run_id,
+                resume="allow" if run_id else None)
+        except Exception as e:  # wandb's own errors (no network, a wrong entity, a revoked key) are the user's to fix
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"wandb.init failed ({type(e).__name__}: {first}): check logger.project, logger.entity "
+                            "and your wandb login, or pass logger.mode=offline or logger=none") from None
 
     @property
     def run_id(self) -> str | None:

@@ -58,9 +58,11 @@ class NaNLoss(torch.nn.Module):
 
 def test_nonfinite_loss_stops_with_a_sentence_or_skips_the_step():
     model = make_tiny_swin()
+    with pytest.raises(NonFiniteLoss, match="train.nonfinite=skip"):  # stop: the update is checked one late, the
+        train_one_epoch(model, NaNLoss(), batches(), torch.optim.AdamW(model.parameters(), lr=1e-3), CPU, 0,
+                        progress=False)  # run ends (test_engine_loop: no checkpoint ever holds it)
+    model = make_tiny_swin()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with pytest.raises(NonFiniteLoss, match="train.nonfinite=skip"):
-        train_one_epoch(model, NaNLoss(), batches(), opt, CPU, 0, progress=False)
     before = copy.deepcopy(model.state_dict())
     stats = train_one_epoch(model, NaNLoss(), batches(), opt, CPU, 0, nonfinite="skip", progress=False)
     assert stats["skipped_steps"] == 4
@@ -173,9 +175,11 @@ class FiniteLossBadGrads(torch.nn.Module):
 @pytest.mark.parametrize("clip", [None, 1.0])
 def test_nan_gradients_under_a_finite_loss_stop_or_skip_and_never_reach_the_weights(clip):
     model = make_tiny_swin()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with pytest.raises(NonFiniteLoss, match="train.nonfinite=skip"):
-        train_one_epoch(model, FiniteLossBadGrads(), batches(), opt, CPU, 0, clip_grad=clip, progress=False)
+        train_one_epoch(model, FiniteLossBadGrads(), batches(), torch.optim.AdamW(model.parameters(), lr=1e-3), CPU,
+                        0, clip_grad=clip, progress=False)
+    model = make_tiny_swin()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = copy.deepcopy(model.state_dict())
     stats = train_one_epoch(model, FiniteLossBadGrads(), batches(), opt, CPU, 0, clip_grad=clip, nonfinite="skip",
                             progress=False)
@@ -211,18 +215,20 @@ def test_fp16_grad_scaler_skips_are_counted_and_stop_the_run_after_k_in_a_row():
 def test_an_epoch_makes_one_collective_whatever_its_length_and_no_postfix_off_the_bar(monkeypatch):
     """No all_reduce per step (the finiteness decision comes from the gradient norm), and the rank that shows
     no progress bar neither formats a postfix nor waits for the loss (.item())."""
-    from dimap.training import distributed, engine
+    from dimap.training import distributed, engine, progress
     calls, postfixes = [], []
     monkeypatch.setattr(distributed, "is_dist", lambda: True)  # as if under torchrun, the helpers' view only
     monkeypatch.setattr(distributed.dist, "get_backend", lambda *a: "gloo")
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda *a: 2)
     monkeypatch.setattr(distributed.dist, "all_reduce", lambda t, op=None: calls.append(t.shape))
-    real_tqdm = engine.tqdm
+    real_tqdm = progress.tqdm
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)  # the bar, as on a terminal
 
     class Bar(real_tqdm):
         def set_postfix(self, *a, **k):
             postfixes.append(k)
 
-    monkeypatch.setattr(engine, "tqdm", Bar)
+    monkeypatch.setattr(progress, "tqdm", Bar)
     model = make_tiny_swin()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train_one_epoch(model, torch.nn.CrossEntropyLoss(), batches(32), opt, CPU, 0, progress=False)

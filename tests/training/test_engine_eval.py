@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_engine_loop import CE, CPU, ChannelsLastProbe, data, linear
 
-from dimap.training import distributed, engine
+from dimap.training import distributed, engine, progress
 from dimap.training.engine import evaluate, train_one_epoch
 
 
@@ -23,7 +23,8 @@ class Bar(engine.tqdm):
 
 
 def test_the_progress_bar_counts_every_batch_from_the_resume_point_and_shows_a_recent_loss(monkeypatch):
-    monkeypatch.setattr(engine, "tqdm", Bar)
+    monkeypatch.setattr(progress, "tqdm", Bar)
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)  # the bar: on a terminal (else lines, test_progress)
     Bar.made = []
     model, batches = linear(), data(45, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -35,7 +36,8 @@ def test_the_progress_bar_counts_every_batch_from_the_resume_point_and_shows_a_r
     assert "3" in whole.desc and whole.kwargs["disable"] is False and hidden.kwargs["disable"]
     assert whole.leave is False  # the bar goes when the epoch ends: not one left on screen per epoch
     steps = [n for n, _ in whole.postfixes]
-    assert steps[0] == 0 and steps[-1] == 44 and max(b - a for a, b in zip(steps, steps[1:])) <= 20
+    # the loss of step i is shown at step i + 1 (read one step late, no GPU sync), the last one when the epoch ends
+    assert steps[0] == 20 and steps[-1] == 45 and max(b - a for a, b in zip(steps, steps[1:])) <= 20
     assert len(steps) <= 45 / 10, "the loss is read (a GPU sync) every step"
     last = whole.postfixes[-1][1]
     assert float(last["loss"]) == pytest.approx(CE(model(batches[-1][0]), batches[-1][1]).item(), abs=1e-4)
@@ -76,6 +78,7 @@ def test_evaluate_sums_over_ranks_runs_without_gradients_and_handles_few_classes
 def test_evaluate_scores_fp32_logits_under_autocast_and_passes_channels_last(monkeypatch):
     model, (x, y) = ChannelsLastProbe(7), data(4, 4)[0]
     monkeypatch.setattr(engine, "tqdm", Bar)
+    monkeypatch.setattr(engine, "on_terminal", lambda: True)
     Bar.made = []
     ev = evaluate(model, [(x, y)], CPU, amp_dtype=torch.bfloat16, channels_last=True, desc="val ema")
     evaluate(model, [(x, y)], CPU)

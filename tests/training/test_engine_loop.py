@@ -73,7 +73,7 @@ def test_a_preempted_epoch_resumed_from_its_step_equals_the_uninterrupted_one():
     part, sched_part, calls = linear(), Updates(), []
     opt = torch.optim.SGD(part.parameters(), lr=0.5)
 
-    def preempt(step, totals, skipped):
+    def preempt(step, totals, skipped, in_a_row, settle):
         calls.append((step, totals.clone(), skipped))
         return step == 2
 
@@ -121,6 +121,75 @@ def test_skips_are_counted_and_only_skips_in_a_row_stop_the_run():
                         progress=False)
     assert "2 optimizer steps in a row" in str(e.value)
     assert names_override(str(e.value), "train.amp=bf16") and "train.lr" in str(e.value)
+
+
+class InfOn(torch.nn.Module):
+    """Cross-entropy whose gradients are infinite on the listed batches (a finite loss)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad, self.i = set(bad), -1
+
+    def forward(self, logits, y):
+        self.i += 1
+        loss = CE(logits, y)
+        return _InfGrad.apply(loss) if self.i in self.bad else loss
+
+
+class _InfGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_the_norm_checked_one_update_late_stops_at_the_same_step_and_no_checkpoint_holds_the_bad_update(k):
+    """nonfinite=stop reads the gradient norm one update late (no host sync per update): the error names the same
+    step as an immediate check would, and an on_update that checkpoints (calling settle first, as finetune does)
+    never sees the weights the bad update made."""
+    model, saved = linear(), []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def checkpoint_every_update(step, totals, skipped, in_a_row, settle):
+        settle()
+        saved.append((step, copy.deepcopy(model.state_dict())))
+        return False
+
+    with pytest.raises(NonFiniteLoss) as e:
+        train_one_epoch(model, InfOn({k}), data(12, 2), opt, CPU, 0, on_update=checkpoint_every_update,
+                        progress=False)
+    assert f"at epoch 0, step {k}:" in str(e.value) and "gradient norm became nan" in str(e.value)  # inf x 0
+    assert [step for step, _ in saved] == list(range(1, k + 1))  # every good update saved, the bad one never
+    reference = linear()  # the good updates by hand
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for x, y in data(12, 2)[:k]:
+        CE(reference(x), y).backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    last = saved[-1][1] if saved else linear().state_dict()
+    assert all(torch.equal(last[n], p) for n, p in reference.state_dict().items())
+    # ...and at the end of an epoch whose last update is the bad one, before the loss is reported
+    with pytest.raises(NonFiniteLoss, match="step 5:"):
+        train_one_epoch(linear(), InfOn({5}), data(12, 2), torch.optim.SGD(model.parameters(), lr=0.1), CPU, 0,
+                        progress=False)
+
+
+def test_skip_mode_skips_and_counts_an_inf_gradient_at_step_k_exactly():
+    model, reference = linear(), linear()
+    stats = train_one_epoch(model, InfOn({2}), data(12, 2), torch.optim.SGD(model.parameters(), lr=0.1), CPU, 0,
+                            nonfinite="skip", progress=False)
+    assert stats["skipped_steps"] == 1
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for i, (x, y) in enumerate(data(12, 2)):
+        if i != 2:  # the skipped batch never reaches the weights
+            CE(reference(x), y).backward()
+            ref_opt.step()
+        ref_opt.zero_grad()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
 
 
 class Unused(torch.nn.Module):
