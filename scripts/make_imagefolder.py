@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
         "train": write_split(out, "train", images, labels, train_idx, args.train_per_class, rng, args),
         "val": write_split(out, "val", images, labels, val_idx, args.val_per_class, rng, args),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    from dimap.provenance import portable
+    (out / "manifest.json").write_text(json.dumps(portable(manifest, ROOT), indent=2) + "\n")
     print(f"wrote {manifest['train']['images']} train and {manifest['val']['images']} val JPEGs to {out}")
     return manifest
 

@@ -43,7 +43,7 @@ from dimap.pruning.masks import apply_masks, compute_masks  # noqa: E402
 from dimap.models import build_model  # noqa: E402
 from dimap.pruning.modules import prunable_weights  # noqa: E402
 from dimap.training.pretrain import pretrain_dense, pretrain_recipe  # noqa: E402
-from dimap.provenance import git_commit, versions  # noqa: E402
+from dimap.provenance import git_commit, portable, versions  # noqa: E402
 from dimap.training.recipe import resolve_batches  # noqa: E402
 from replicate_report import CRITERIA, plot, summary_markdown  # noqa: E402
 
@@ -185,6 +185,7 @@ def main(argv=None) -> dict:
             "prunable_share_pct": 100 * prunable / total, "skipped_shares_pct": skipped,
             "ratio_mapping": "r = share_removed_pct / 100 * params_total / prunable_weights",
             "dense": denses, "rows": rows}
+    meta = portable(meta, ROOT)  # paths relative to the clone (the cache, --out): no machine's folders in records
     (args.out / "rows.json").write_text(json.dumps(meta, indent=1) + "\n")
     (args.out / "summary.md").write_text(summary_markdown(rows, denses, skipped))
     plot(rows, denses, args.out / "replication.png")

@@ -194,7 +194,7 @@ def test_gpu_check_records_a_failed_step_and_runs_the_next(tmp_path):
     assert steps["imagefolder"]["reason"] == "planted" and "KeyError" in steps["mask_overhead"]["reason"]
     assert steps["latency"]["records"] == {"r.json": {"x": 1}} and not (check.steps_dir / "train_e2e").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "gpu_check.log", "gpu_check_steps.tar.gz", "gpu_check_summary.json"]  # the device tool returns <= 8 files
+        "gpu_check.log", "gpu_check_steps.tar.gz", "gpu_check_summary.json"]  # three files, easy to copy back from a node
 
 
 @pytest.mark.slow
@@ -227,5 +227,5 @@ def test_gpu_check_takes_the_declared_commit_where_there_is_no_git(monkeypatch):
     environment = load("gpu_check").environment
     monkeypatch.setenv("GPU_CHECK_COMMIT", "abc123")
     assert environment()["git_commit"] == dimap.provenance.git_commit()  # a checkout: git's own answer wins
-    monkeypatch.setattr(dimap.provenance, "git_commit", lambda: "unknown")  # the device machine's copy
+    monkeypatch.setattr(dimap.provenance, "git_commit", lambda: "unknown")  # a copy of the clone without .git
     assert environment()["git_commit"] == "abc123 (declared by GPU_CHECK_COMMIT)"
