@@ -33,7 +33,7 @@ def portable(obj, root: str | Path | None = None):
     import tempfile
     root = str(Path(root) if root is not None else Path(__file__).resolve().parent.parent)
     prefixes = [(root, "."), (os.path.realpath(tempfile.gettempdir()), "$TMPDIR"), (tempfile.gettempdir(), "$TMPDIR"),
-                ("/tmp", "$TMPDIR"), (os.path.expanduser("~"), "~")]
+                (os.path.expanduser("~"), "~")]
     prefixes = [(p.rstrip("/"), r) for p, r in prefixes if p not in ("", "/")]
 
     def fix(s: str) -> str:

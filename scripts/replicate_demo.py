@@ -4,7 +4,7 @@ hierarchical nano Swin or the isotropic nano ViT (same data, criteria, seeds and
     python scripts/replicate_demo.py --threads 1                    # nano Swin, 3 dense seeds; results/demo/
     python scripts/replicate_demo.py --threads 1 --model vit_nano   # nano ViT alone; results/demo/vit_nano/
     python scripts/replicate_demo.py --seeds 0 --dense-epochs 1 --shares 50 --finetune-epochs 1 \
-        --out /tmp/demo train.max_steps_per_epoch=2 data.val_size=100       # a smoke run
+        --out outputs/demo_smoke train.max_steps_per_epoch=2 data.val_size=100       # a smoke run
 
 Per seed, one dense model (conf/experiment/demo_replication.yaml: 1,500 AdamW steps; cached in --cache-dir, so
 a rerun skips it), then
