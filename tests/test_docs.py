@@ -16,8 +16,9 @@ ABSOLUTE = re.compile(r"(?<![\w./~$-])/(?:" + "|".join(["ho" + "me", "ro" + "ot"
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    """GitHub's anchor for a Markdown heading: lower case, punctuation but `-` and `_` dropped, spaces to hyphens
+    (a link in the heading counts by its text)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
@@ -57,6 +58,8 @@ def test_the_link_check_sees_a_broken_link(tmp_path):
     assert LINK.findall(text) == ["b.md", "#title-here", "#nope"]
     assert anchors(tmp_path / "a.md") == {"title-here"}
     assert slug("Tested on a real scheduler (Slurm)") == "tested-on-a-real-scheduler-slurm"
+    assert slug("6. Counting [`dimap/pruning/accounting.py`]") == "6-counting-dimappruningaccountingpy"
+    assert slug("Building the tables: `make_tables.py`") == "building-the-tables-make_tablespy"
 
 
 def test_no_tracked_file_holds_an_absolute_machine_path():
