@@ -154,7 +154,7 @@ def test_gpu_check_kills_every_process_it_started(tmp_path):
 
     gpu_check = load("gpu_check")
     pids = tmp_path / "pids"
-    # like torchrun: a child in a session of its own (setsid), which killing the process group would miss
+    # like torchrun: a child in its own process session (setsid), which killing the process group would miss
     proc = subprocess.Popen(["bash", "-c", f"sleep 60 & echo $! >> {pids}; setsid sleep 60 & echo $! >> {pids}; wait"])
     while len(pids.read_text().split() if pids.exists() else []) < 2:
         time.sleep(0.05)
