@@ -30,14 +30,17 @@ if [ "${1:-}" = "--wheels" ]; then
     exit 2
   fi
 fi
-# distribution name -> module to import; these are what the steps import beyond torch
-needed="hydra-core:hydra omegaconf:omegaconf antlr4-python3-runtime:antlr4 fvcore:fvcore iopath:iopath yacs:yacs
-termcolor:termcolor portalocker:portalocker tabulate:tabulate mlxtend:mlxtend timm:timm safetensors:safetensors
-PyYAML:yaml"
-missing=()
-for pair in $needed; do
-  python3 -c "import ${pair#*:}" 2>/dev/null || missing+=("${pair%%:*}")
-done
+# what the steps import beyond torch, as distribution:module; found without importing (one quick Python start)
+missing_now() {
+  python3 - <<'PY'
+import importlib.util
+needed = ("hydra-core:hydra omegaconf:omegaconf antlr4-python3-runtime:antlr4 fvcore:fvcore iopath:iopath yacs:yacs "
+          "termcolor:termcolor portalocker:portalocker tabulate:tabulate mlxtend:mlxtend timm:timm "
+          "safetensors:safetensors PyYAML:yaml")
+print(" ".join(d for d, m in (p.split(":") for p in needed.split()) if importlib.util.find_spec(m) is None))
+PY
+}
+read -r -a missing <<< "$(missing_now)"
 if [ ${#missing[@]} -gt 0 ] && [ -n "$wheels" ]; then
   shopt -s nocaseglob
   have=()  # the missing ones the folder has a wheel of (wheel names spell hydra-core as hydra_core)
@@ -51,13 +54,10 @@ if [ ${#missing[@]} -gt 0 ] && [ -n "$wheels" ]; then
     --find-links "$wheels" --target "$site" "${have[@]}" \
     || { echo "error: installing ${have[*]} from $wheels failed (see above): rebuild it with bash scripts/build_wheels.sh $wheels" >&2; exit 2; }
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  missing=()
-  for pair in $needed; do
-    python3 -c "import ${pair#*:}" 2>/dev/null || missing+=("${pair%%:*}")
-  done
+  read -r -a missing <<< "$(missing_now)"
 fi
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "error: ${missing[*]} cannot be imported: run pip install -r requirements.txt (on a node without a package index," \
+  echo "error: ${missing[*]} not installed: run pip install -r requirements.txt (on a node without a package index," \
        "pass --wheels DIR, a folder built by bash scripts/build_wheels.sh DIR)" >&2
   exit 2
 fi
@@ -65,11 +65,11 @@ fi
 python3 - <<'PY' || exit 2
 import sys
 import PIL
-import timm
 pillow = tuple(int(x) for x in PIL.__version__.split(".")[:2])
 if pillow >= (13, 0):
     sys.exit(f"error: Pillow {PIL.__version__} refuses posterize(bits=0), which the paper's RandAugment asks for: "
              "install pillow<13 (requirements.txt pins 12.3.0)")
+import timm  # after the Pillow check: timm imports PIL.Image
 pinned = next((l.split("==")[1].split()[0] for l in open("requirements.txt") if l.startswith("timm==")), None)
 if timm.__version__.split("+")[0] != pinned:
     print(f"note: timm {timm.__version__} here, requirements.txt pins {pinned}: the check runs, but counts and "

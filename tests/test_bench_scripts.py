@@ -199,7 +199,7 @@ def test_gpu_check_records_a_failed_step_and_runs_the_next(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
-    """GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh: every step of the device run at toy size, torchrun with gloo."""
+    """GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh: every step of the GPU check at toy size, torchrun with gloo."""
     import os
     import tarfile
 
