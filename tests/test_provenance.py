@@ -15,13 +15,14 @@ def test_portable_rewrites_prefixes_only():
     record = {"out": str(ROOT / "results" / "bench"), "root": str(ROOT), "cache": Path(ROOT / ".cache" / "x.pt"),
               "command": f"python scripts/x.py --out {ROOT}/results/demo --root={tmp}/tmpab12",
               "work": f"{tmp}/tmpab12", "conf": f"{home}/.config/x", "numbers": [1, 2.5, None, True],
-              "other": "/path/to/imagenet", "near": f"{ROOT}x/y", "nested": {"dirs": [str(ROOT / "a")]}}
+              "other": "/path/to/imagenet", "nested": {"dirs": [str(ROOT / "a")]}}
+    near = portable(f"{ROOT}x/y", ROOT)  # a sibling folder whose name starts with the clone's is not inside it
+    assert near.endswith(f"{ROOT.name}x/y") and not near.startswith(("x/", "./"))
     assert portable(record, ROOT) == {
         "out": "results/bench", "root": ".", "cache": ".cache/x.pt",
         "command": "python scripts/x.py --out results/demo --root=$TMPDIR/tmpab12",
         "work": "$TMPDIR/tmpab12", "conf": "~/.config/x" if home not in (str(ROOT), tmp) else f"{home}/.config/x",
-        "numbers": [1, 2.5, None, True], "other": "/path/to/imagenet", "near": f"{ROOT}x/y",
-        "nested": {"dirs": ["a"]}}
+        "numbers": [1, 2.5, None, True], "other": "/path/to/imagenet", "nested": {"dirs": ["a"]}}
 
 
 def test_benchmark_records_hold_no_absolute_path():
