@@ -47,8 +47,8 @@ def check_output_dir(out_dir: str | Path, config: dict, ignore=("output_dir",)) 
     except (json.JSONDecodeError, OSError):
         raise UserError(f"{summary} is unreadable: move it away or choose another output_dir") from None
     strip = lambda c: {k: v for k, v in c.items() if k not in ignore}  # noqa: E731
-    if strip(old) != strip(config):
-        diff = differing_keys(strip(old), strip(config))
+    # a key added to the configs later with a null default (e.g. logger.dir) reads as absent: not a difference
+    if diff := differing_keys(strip(old), strip(config)):
         raise UserError(f"output_dir={out_dir} holds a finished run of a different config (differs in "
                         f"{', '.join(diff)}): choose another output_dir or delete that folder")
 

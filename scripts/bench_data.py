@@ -1,8 +1,8 @@
 """Benchmark: training images per second of the data pipeline per DataLoader worker, on real JPEGs with the
 paper's augmentation, so users can size train.num_workers (data.num_workers) for their GPUs.
 
-    python scripts/make_imagefolder.py --out /tmp/mnist_imagenet
-    python scripts/bench_data.py --root /tmp/mnist_imagenet --workers 1 2 4 8
+    python scripts/make_imagefolder.py --out outputs/mnist_imagenet
+    python scripts/bench_data.py --root outputs/mnist_imagenet --workers 1 2 4 8
     python scripts/bench_data.py --root /data/imagenet --workers 8 16 --images 8192    # real ImageNet
 
 The dataset and transform are train.py's for data=imagenet (dimap.training.data: ImageFolder, timm's

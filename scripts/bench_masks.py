@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from dimap import compute_masks, prunable_weights
 from dimap.pruning import reference  # noqa: E402
 from dimap.models import build_model as dimap_build_model  # noqa: E402
-from dimap.provenance import git_commit, versions  # noqa: E402
+from dimap.provenance import git_commit, portable, versions  # noqa: E402
 from dimap.report import write_json  # noqa: E402
 
 METHODS = ["dimap", "single_module", "uniform", "global_magnitude"]
@@ -62,9 +62,11 @@ def machine(device: str) -> dict:
 
 
 def record(benchmark: str, args: argparse.Namespace, results: dict, device: str) -> dict:
-    return {"benchmark": benchmark, "machine": machine(device), "versions": versions(), "git_commit": git_commit(),
-            "command": "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-            "config": vars(args), "seed": args.seed, "results": results}
+    # portable: paths inside the clone are recorded relative to it, so the record holds no machine's folders
+    return portable({"benchmark": benchmark, "machine": machine(device), "versions": versions(),
+                     "git_commit": git_commit(),
+                     "command": "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                     "config": vars(args), "seed": args.seed, "results": results}, ROOT)
 
 
 def reinit(model: torch.nn.Module, init: str, seed: int) -> None:

@@ -9,7 +9,6 @@ module loses the same share); sparse FLOPs do (which layers DIMAP prunes hardest
 """
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import prune  # noqa: E402
-from dimap.provenance import git_commit  # noqa: E402
+from dimap.provenance import git_commit, portable  # noqa: E402
 
 FAMILIES = ("swin_t", "swinv2_t", "vit_s", "deit_s", "deit3_s", "pvt_v2_b2", "hiera_t", "twins_svt_s", "davit_t",
             "fastervit_0")
@@ -35,7 +34,9 @@ def run_family(family: str, ratio: float, out: Path, seed: int) -> dict:
                                               "model.weights=random", "plot=false", f"output_dir={work}"])
         s = prune.run(cfg)
         (out / family).mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(work) / "summary.json", out / family / "summary.json")
+        # the record names the temporary output folder as $TMPDIR/..., not this machine's path
+        summary = portable(json.loads((Path(work) / "summary.json").read_text()), ROOT)
+        (out / family / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     layers = {m: sum(l["module"] == m for l in s["layers"]) for m in MODULES}
     return {"family": family, "timm_name": s["model"], "img_size": cfg.model.img_size, "ratio": ratio,
             "layers": layers, "weights": {m: s["modules"][m]["weights"] for m in MODULES},

@@ -1,11 +1,11 @@
-"""The steps of scripts/gpu_check.sh (which installs the carried wheels, then runs this): each step runs as its
-own process with a timeout; a failed step is recorded and the next one runs.
+"""The steps of scripts/gpu_check.sh (which installs missing packages from a wheel folder when given one, then
+runs this): each step runs as its own process with a timeout; a failed step is recorded and the next one runs.
 
-    python scripts/gpu_check.py                    # CUDA: the issue's sizes, under 8 minutes on one H100/H200
+    python scripts/gpu_check.py                    # CUDA: full sizes, under 8 minutes on one H100/H200
     python scripts/gpu_check.py --smoke            # CPU + gloo, the same steps at toy size (GPU_CHECK_SMOKE=1)
 
 OUT (default $OUT, else results/bench/gpu; smoke: a temporary folder) receives three files, rewritten after
-every step (the device tool brings back at most 8): gpu_check_summary.json (every step's status, reason, time,
+every step (few files, easy to copy back from a node): gpu_check_summary.json (every step's status, reason, time,
 command and the JSON records it wrote, embedded), gpu_check.log (every step's output) and
 gpu_check_steps.tar.gz (each step's folder: its JSON records as the scripts wrote them, and its log).
 """
@@ -192,7 +192,9 @@ class GpuCheck:
     def write(self) -> None:
         self.summary["statuses"] = {s["name"]: s["status"] for s in self.summary["steps"]}
         tmp = self.out / "gpu_check_summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
+        sys.path.insert(0, str(ROOT))
+        from dimap.provenance import portable  # the record holds paths relative to the clone, no machine's folders
+        tmp.write_text(json.dumps(portable(self.summary, ROOT), indent=2, default=str) + "\n")
         tmp.replace(self.out / "gpu_check_summary.json")
         logs = sorted(self.steps_dir.glob("*/*.log"))
         (self.out / "gpu_check.log").write_text("".join(f"===== {p.parent.name} =====\n"
@@ -225,7 +227,7 @@ def environment() -> dict:
     sys.path.insert(0, str(ROOT))
     from dimap.provenance import git_commit, versions
 
-    # the device machine gets a copy of the files without .git: the session names the commit it sent
+    # a copy of the clone without .git (e.g. one sent to a GPU node) says its commit in GPU_CHECK_COMMIT
     commit = git_commit()
     if commit == "unknown" and os.environ.get("GPU_CHECK_COMMIT"):
         commit = os.environ["GPU_CHECK_COMMIT"] + " (declared by GPU_CHECK_COMMIT)"

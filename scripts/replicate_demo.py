@@ -4,7 +4,7 @@ hierarchical nano Swin or the isotropic nano ViT (same data, criteria, seeds and
     python scripts/replicate_demo.py --threads 1                    # nano Swin, 3 dense seeds; results/demo/
     python scripts/replicate_demo.py --threads 1 --model vit_nano   # nano ViT alone; results/demo/vit_nano/
     python scripts/replicate_demo.py --seeds 0 --dense-epochs 1 --shares 50 --finetune-epochs 1 \
-        --out /tmp/demo train.max_steps_per_epoch=2 data.val_size=100       # a smoke run
+        --out outputs/demo_smoke train.max_steps_per_epoch=2 data.val_size=100       # a smoke run
 
 Per seed, one dense model (conf/experiment/demo_replication.yaml: 1,500 AdamW steps; cached in --cache-dir, so
 a rerun skips it), then
@@ -43,7 +43,7 @@ from dimap.pruning.masks import apply_masks, compute_masks  # noqa: E402
 from dimap.models import build_model  # noqa: E402
 from dimap.pruning.modules import prunable_weights  # noqa: E402
 from dimap.training.pretrain import pretrain_dense, pretrain_recipe  # noqa: E402
-from dimap.provenance import git_commit, versions  # noqa: E402
+from dimap.provenance import git_commit, portable, versions  # noqa: E402
 from dimap.training.recipe import resolve_batches  # noqa: E402
 from replicate_report import CRITERIA, plot, summary_markdown  # noqa: E402
 
@@ -185,6 +185,7 @@ def main(argv=None) -> dict:
             "prunable_share_pct": 100 * prunable / total, "skipped_shares_pct": skipped,
             "ratio_mapping": "r = share_removed_pct / 100 * params_total / prunable_weights",
             "dense": denses, "rows": rows}
+    meta = portable(meta, ROOT)  # paths relative to the clone (the cache, --out): no machine's folders in records
     (args.out / "rows.json").write_text(json.dumps(meta, indent=1) + "\n")
     (args.out / "summary.md").write_text(summary_markdown(rows, denses, skipped))
     plot(rows, denses, args.out / "replication.png")

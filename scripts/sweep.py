@@ -9,7 +9,7 @@ This script adds what Hydra does not:
         sbatch script submitit will write for it (nothing is submitted)
     python scripts/sweep.py --table 1 --prune-only model.weights=random [--dry-run] [--force]
         params and FLOPs of every row with prune.py (no data, no training), into results/runs/prune_only/tableN/ROW
-        (--runs-dir moves them);
+        (--runs-dir moves them; make_tables.py reads results/runs unless given --runs DIR);
         rows whose summary.json already holds params_nonzero are skipped unless --force
 """
 import argparse
@@ -91,6 +91,9 @@ def prune_only(table: str, overrides: list[str], dry_run: bool, force: bool, run
             failed.append(name)
     if failed:
         print(f"# {len(failed)} point(s) failed: {', '.join(failed)}", file=sys.stderr)
+    if not (ROOT / runs_dir).resolve().is_relative_to(ROOT / "results" / "runs"):  # make_tables.py reads only that
+        print(f"# tables from these rows: python scripts/make_tables.py --runs {runs_dir} (the default, "
+              "results/runs, does not hold them)", flush=True)
     return 1 if failed else 0
 
 
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--prune-only", action="store_true", help="run prune.py (no data, no training) at each row")
     p.add_argument("--dry-run", action="store_true", help="with --prune-only: print the commands, run nothing")
     p.add_argument("--force", action="store_true", help="with --prune-only: rerun rows that are finished")
-    p.add_argument("--runs-dir", default="results/runs/prune_only", help="with --prune-only: where rows go")
+    p.add_argument("--runs-dir", default="results/runs/prune_only", help="with --prune-only: where rows go (tables from "
+                   "elsewhere than results/runs: make_tables.py --runs DIR)")
     p.add_argument("overrides", nargs="*", help="key=value Hydra overrides for every row")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]

@@ -17,13 +17,21 @@ def logger_config(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg.logger, resolve=True)
 
 
+def tables_dir(cfg: dict) -> Path:
+    """Where the tables run writes its `wandb/`: logger.dir (relative to the repository root), else $WANDB_DIR
+    (as wandb reads it, from the working directory), else outputs/tables in the clone."""
+    from dimap.training.wandb_logger import wandb_dir
+    out = Path(wandb_dir(cfg.get("dir"), ROOT / "outputs" / "tables"))
+    return ROOT / out if cfg.get("dir") and not out.is_absolute() else out
+
+
 def log_tables(tables: dict, overrides: list[str], n_runs: int) -> str:
     """One wandb run (job_type "tables") holding every table; returns its local folder. Offline without a key."""
     import wandb
     from dimap.provenance import git_commit
     from dimap.training.wandb_logger import wandb_mode
     cfg = logger_config(overrides)
-    out = Path(cfg["dir"]) if Path(cfg["dir"]).is_absolute() else ROOT / cfg["dir"]
+    out = tables_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=cfg["project"], entity=cfg.get("entity"), group=cfg.get("group"), name=cfg.get("name"),
                      tags=list(cfg.get("tags") or []), job_type="tables", dir=str(out), mode=wandb_mode(cfg.get("mode")),

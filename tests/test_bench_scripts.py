@@ -154,7 +154,7 @@ def test_gpu_check_kills_every_process_it_started(tmp_path):
 
     gpu_check = load("gpu_check")
     pids = tmp_path / "pids"
-    # like torchrun: a child in a session of its own (setsid), which killing the process group would miss
+    # like torchrun: a child in its own process session (setsid), which killing the process group would miss
     proc = subprocess.Popen(["bash", "-c", f"sleep 60 & echo $! >> {pids}; setsid sleep 60 & echo $! >> {pids}; wait"])
     while len(pids.read_text().split() if pids.exists() else []) < 2:
         time.sleep(0.05)
@@ -194,12 +194,12 @@ def test_gpu_check_records_a_failed_step_and_runs_the_next(tmp_path):
     assert steps["imagefolder"]["reason"] == "planted" and "KeyError" in steps["mask_overhead"]["reason"]
     assert steps["latency"]["records"] == {"r.json": {"x": 1}} and not (check.steps_dir / "train_e2e").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "gpu_check.log", "gpu_check_steps.tar.gz", "gpu_check_summary.json"]  # the device tool returns <= 8 files
+        "gpu_check.log", "gpu_check_steps.tar.gz", "gpu_check_summary.json"]  # three files, easy to copy back from a node
 
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
-    """GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh: every step of the device run at toy size, torchrun with gloo."""
+    """GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh: every step of the GPU check at toy size, torchrun with gloo."""
     import os
     import tarfile
 
@@ -227,5 +227,5 @@ def test_gpu_check_takes_the_declared_commit_where_there_is_no_git(monkeypatch):
     environment = load("gpu_check").environment
     monkeypatch.setenv("GPU_CHECK_COMMIT", "abc123")
     assert environment()["git_commit"] == dimap.provenance.git_commit()  # a checkout: git's own answer wins
-    monkeypatch.setattr(dimap.provenance, "git_commit", lambda: "unknown")  # the device machine's copy
+    monkeypatch.setattr(dimap.provenance, "git_commit", lambda: "unknown")  # a copy of the clone without .git
     assert environment()["git_commit"] == "abc123 (declared by GPU_CHECK_COMMIT)"

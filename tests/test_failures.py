@@ -1,4 +1,4 @@
-"""Issue 7's catalogue: a real kill -9 and resume, and every mistake a user can make, refused in one sentence.
+"""The failure catalogue: a real kill -9 and resume, and every mistake a user can make, refused in one sentence.
 
 Each refusal must exit with status 2, name the fix, print no traceback, and leave the output folder as it was.
 """

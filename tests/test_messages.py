@@ -1,4 +1,4 @@
-"""What commands say and leave behind (issue 12): each message names the right knob, a refused run leaves no
+"""What commands say and leave behind: each message names the right knob, a refused run leaves no
 folder, prune.py is reproducible with random weights, a group typo is one sentence, and no noise."""
 import os
 import subprocess

@@ -59,7 +59,11 @@ def test_prune_only_commands_skip_finished_rows_and_report_failures(monkeypatch,
     assert all(c[-1] == "model.weights=random" for c in calls)
     assert "1 point(s) failed: table4/swin_b_single_module" in captured.err
     assert sweep.main(["--table", "4", "--prune-only", "--dry-run", "--force", "--runs-dir", str(tmp_path)]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 3 and len(calls) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and len(calls) == 2  # 3 rows, then where make_tables.py must look for them
+    assert out[-1].startswith(f"# tables from these rows: python scripts/make_tables.py --runs {tmp_path} ")
+    sweep.main(["--table", "4", "--prune-only", "--dry-run", "--force"])  # the default, results/runs/prune_only
+    assert "make_tables.py --runs" not in capsys.readouterr().out
 
 
 def test_bad_arguments_exit():

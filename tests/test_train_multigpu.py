@@ -1,4 +1,4 @@
-"""train.py's side of the multi-GPU path (issue 10), in-process on the shrunken demo: schedule length under
+"""train.py's side of the multi-GPU path, in-process on the shrunken demo: schedule length under
 accumulation, resuming on another global batch, the loaded checkpoint freed, fp32 evaluation (the odd Mixup batch
 is in tests/test_failures.py's catalogue)."""
 import gc

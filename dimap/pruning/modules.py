@@ -90,7 +90,7 @@ def _refuse(model: nn.Module, found: collections.Counter, why: str):
     # a recognised block is usually a holder too: | takes the larger count of the two, + would name it twice over
     listing = ", ".join(f"{c} x{n}" for c, n in (found | holders).most_common(8)) or "no linear layers"
     raise UserError(f"{type(model).__name__} {why} (found {listing}): DIMAP prunes vision transformers built "
-                    "from timm's attention and MLP blocks; see the README's supported families")
+                    "from timm's attention and MLP blocks; see docs/families.md")
 
 
 def module_map(model: nn.Module) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Weights & Biases logging on rank 0: the resolved config and git commit, per-epoch metrics, and a summary with
-a row in the paper's Table 1 format. Offline (under output_dir/wandb) when wandb finds no credentials.
+a row in the paper's Table 1 format. Offline when wandb finds no credentials. Its files go under logger.dir,
+else $WANDB_DIR, else output_dir (in a `wandb/` folder, as wandb names it).
 
 Every method is a no-op when logging is off or on a rank other than 0, so callers never branch.
 """
@@ -37,6 +38,14 @@ def wandb_mode(cfg_mode=None) -> str | None:
     return "online" if wandb_has_credentials() else "offline"
 
 
+def wandb_dir(cfg_dir, default) -> str:
+    """The folder wandb.init writes its `wandb/` under: an explicit `logger.dir`; else $WANDB_DIR when set, as
+    wandb itself does; else `default` (a training run's output_dir)."""
+    if cfg_dir:
+        return str(cfg_dir)
+    return os.environ.get("WANDB_DIR") or str(default)
+
+
 def table1_row(summary: dict) -> dict:
     """One row as in the paper's Table 1 (params in millions, paper-style FLOPs in G, reductions in %)."""
     ratio = summary["ratio"]
@@ -59,12 +68,13 @@ class WandbLogger:
             return
         import wandb
 
-        os.makedirs(out_dir, exist_ok=True)
+        folder = wandb_dir(cfg.get("dir"), out_dir)
+        os.makedirs(folder, exist_ok=True)
         from dimap.provenance import git_commit
         try:
             self.run = wandb.init(
                 project=cfg.get("project", "dimap"), entity=cfg.get("entity"), group=cfg.get("group"),
-                name=cfg.get("name"), tags=list(cfg.get("tags") or []), dir=str(out_dir),
+                name=cfg.get("name"), tags=list(cfg.get("tags") or []), dir=folder,
                 mode=wandb_mode(cfg.get("mode")), config={**config, "git_commit": git_commit()}, id=run_id,
                 resume="allow" if run_id else None)
         except Exception as e:  # wandb's own errors (no network, a wrong entity, a revoked key) are the user's to fix

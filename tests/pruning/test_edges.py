@@ -150,7 +150,7 @@ def test_read_pruned_without_metadata_and_a_corrupt_file(tmp_path):
 def test_a_model_without_swin_layers_is_refused_naming_its_class():
     from dimap import prunable_weights
     with pytest.raises(UserError, match=r"^Linear .*: DIMAP prunes vision transformers built from timm's attention "
-                                        r"and MLP blocks; see the README's supported families$"):
+                                        r"and MLP blocks; see docs/families.md$"):
         prunable_weights(nn.Linear(3, 3))
 
 
