@@ -218,3 +218,39 @@ def test_a_forked_child_such_as_a_dataloader_worker_does_not_keep_the_lock(tmp_p
     finally:
         os.kill(child, sig.SIGKILL)
         os.waitpid(child, 0)
+
+
+def _leave_after_requeue(rank, world, init_file, results):
+    """Preemption.exit on two gloo ranks, each with a stand-in for submitit's SIGUSR2 handler; rank 0's takes 1.5 s
+    to requeue (scontrol requeue on a busy controller), then exits as submitit's does."""
+    import signal as sig
+    import time
+    import torch.distributed as dist
+    from dimap.training.cluster import Preemption
+
+    def checkpoint_and_try_requeue(signum, frame):  # the name Preemption.exit looks for
+        time.sleep(1.5)
+        results[f"requeued {rank}"] = time.time()
+        raise SystemExit(-1)
+
+    sig.signal(sig.SIGUSR2, checkpoint_and_try_requeue)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    with Preemption() as preemption:
+        try:
+            preemption.exit(sig.SIGUSR2)
+        except SystemExit as e:
+            results[rank] = (e.code, time.time())
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_after_a_preemption_the_other_ranks_leave_only_once_rank_0_has_requeued(tmp_path):
+    """Under srun --kill-on-bad-exit the first rank to exit non-zero ends the job: had rank 1 left at once, rank 0
+    would have been killed inside `scontrol requeue` and the job never resumed."""
+    import signal as sig
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_leave_after_requeue, args=(2, tmp_path / "init", results), nprocs=2)
+    assert "requeued 1" not in results  # only rank 0 requeues
+    assert results[0][0] == -1 and results[1][0] == 128 + sig.SIGUSR2
+    assert results[1][1] >= results["requeued 0"]
