@@ -75,6 +75,19 @@ def test_a_slurm_task_of_submitit_gets_torchruns_variables_from_its_allocation(m
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"  # LOCAL_RANK picks the GPU, as under torchrun
 
 
+def test_torchrun_started_inside_a_submitit_job_keeps_its_own_variables(monkeypatch):
+    """A user's sbatch script runs torchrun in a submitit task: each worker is a rank of torchrun's world, which
+    the job's variables (one task, rank 0 of 1) must not overwrite."""
+    from dimap.training.distributed import env_from_submitit
+    torchrun = {"TORCHELASTIC_RUN_ID": "1", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "5",
+                "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for key, value in {**SLURM_TASK, "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                       **torchrun}.items():
+        monkeypatch.setenv(key, value)
+    assert not env_from_submitit()
+    assert {k: os.environ[k] for k in torchrun} == torchrun
+
+
 def test_outside_submitit_torchruns_own_variables_are_left_alone(monkeypatch):
     from dimap.training.distributed import env_from_submitit
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "")
