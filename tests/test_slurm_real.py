@@ -3,8 +3,9 @@ Slurm whose node is this host (`sudo scripts/slurm_local.sh up`; .ci/run starts 
 where none is reachable. Each sweep point is an sbatch job of two gloo tasks on the CPU, bound to one CPU each
 (TaskPlugin=task/affinity, as clusters bind them).
 
-Three long runs go to the queue together, at the first test (module fixture): an uninterrupted reference, one
-ended mid-epoch by its 2-minute time limit (Slurm sends SIGUSR2 45 s before it; submitit requeues the job), and
+Three long runs go to the queue together (module fixture): an uninterrupted reference, one ended mid-epoch by
+its 3-minute time limit (Slurm sends SIGUSR2 60 s before it, or up to 30 s earlier; submitit requeues the job; a
+shorter limit could signal a job still importing torch on a loaded machine), and
 one preempted the way clusters do it (`scancel --signal=USR2`, what Slurm sends on preemption with
 PreemptParameters=send_user_signal). Both must end with the reference's weights. Slurm's time-limit signals have
 a resolution of about a minute, so these tests take minutes, not seconds."""
@@ -30,10 +31,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_TH
        "PYTHONWARNINGS": "ignore"}
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=2",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "device=cpu", "logger=none"]
-# The nano demo Swin for 3 epochs of 150 steps: long enough (minutes, with three jobs sharing the CPUs) that the
+# The nano demo Swin for 4 epochs of 150 steps: long enough (minutes, with three jobs sharing the CPUs) that the
 # time limit's signal lands mid-training. num_workers=0: a mid-epoch resume is bit-exact without workers.
 LONG = ["data.val_size=100", "train.batch_size=16", "train.eval_batch_size=50", "pretrain.epochs=0",
-        "train.validate_dense=false", "data.num_workers=0", "train.epochs=3", "train.max_steps_per_epoch=150"]
+        "train.validate_dense=false", "data.num_workers=0", "train.epochs=4", "train.max_steps_per_epoch=150"]
 RESUMED = re.compile(r"resuming epoch (\d+) at step (\d+)")
 
 
@@ -87,8 +88,10 @@ def run_dir(root: Path) -> Path:
 
 
 def job_ids(root: Path) -> list[str]:
+    """The Slurm jobs of the multirun under `root` that ran (submitit's folder per job id: 7, or 7_0 and 7_1 for
+    the points of an array)."""
     folder = root / "multirun" / "submitit"
-    return sorted(p.name for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir() if any(p.glob("*_log.out"))) if folder.exists() else []
 
 
 def weights(out: Path) -> dict:
@@ -115,8 +118,8 @@ def long_runs(tmp_path_factory):
     """The three long runs, queued together; {name: (root, Popen)} plus the preemption's record."""
     base = tmp_path_factory.mktemp("slurm_long")
     runs = {"reference": multirun(base / "reference", *LONG),
-            "time_limit": multirun(base / "time_limit", *LONG, "hydra.launcher.timeout_min=2",
-                                   "hydra.launcher.signal_delay_s=45"),
+            "time_limit": multirun(base / "time_limit", *LONG, "hydra.launcher.timeout_min=3",
+                                   "hydra.launcher.signal_delay_s=60"),
             "preempted": multirun(base / "preempted", *LONG)}
     sent: dict = {}
     watcher = threading.Thread(target=preempt_when_training, args=(base / "preempted", sent), daemon=True)
@@ -135,7 +138,7 @@ def reference(long_runs):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, long_runs):
+def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm_sweep")
     overrides = [*TINY, "train.epochs=1", "data.num_workers=2", "prune.ratio=0.15,0.55"]
     out = finish(multirun(root, *overrides), root, timeout=900)
