@@ -5,11 +5,10 @@ where none is reachable. Each sweep point is an sbatch job of two gloo tasks on 
 
 Three long runs go to the queue together (module fixture): an uninterrupted reference, one ended mid-epoch by
 its 3-minute time limit (Slurm sends SIGUSR2 60 s before it, or up to 30 s earlier; submitit requeues the job; a
-shorter limit could signal a job still importing torch on a loaded machine), and
-one preempted the way clusters do it (`scancel --signal=USR2`, what Slurm sends on preemption with
-PreemptParameters=send_user_signal). Both must end with the reference's weights. After the first requeue by the
-time limit the job is given 30 minutes, so the test waits for one requeue, not one every 3 minutes. Slurm's time-limit signals have
-a resolution of about a minute, so these tests take minutes, not seconds."""
+shorter limit could signal a job still importing torch on a loaded machine), and one preempted the way clusters
+do it (`scancel --signal=USR2`, what Slurm sends on preemption with PreemptParameters=send_user_signal). Both
+must end with the reference's weights. Once the time-limited job has resumed mid-epoch it is given 30 minutes,
+so the test waits for one such round, not one every 3 minutes. These tests take minutes, not seconds."""
 import json
 import os
 import re
@@ -114,14 +113,14 @@ def preempt_when_training(root: Path, sent: dict) -> None:
         time.sleep(1)
 
 
-def extend_after_the_first_requeue(root: Path, done: dict) -> None:
-    """Once the time limit has requeued the job under `root` (submitit says so in rank 0's log), give it 30
-    minutes (scontrol update, as root): that first requeue and its resumption are what the test shows; more 3-minute
-    rounds would only repeat them (at one per 2.5 minutes on a loaded machine)."""
-    deadline = time.time() + 900
+def extend_after_a_mid_epoch_resume(root: Path, done: dict) -> None:
+    """Once the job under `root`, requeued by its time limit, has resumed mid-epoch (a signal can also land at an
+    epoch's end: then the next 3-minute round is awaited), give it 30 minutes (scontrol update, as root): that
+    resumption is what the test shows; more rounds would only repeat it, at one per 3 minutes."""
+    deadline = time.time() + 1200
     while time.time() < deadline:
         ids = job_ids(root)
-        if ids and "Requeued job" in task_logs(root, "*_0_log.*"):
+        if ids and any(int(step) > 0 for _, step in RESUMED.findall(task_logs(root, "*_0_log.out"))):
             done["rc"] = subprocess.run(["scontrol", "update", f"JobId={ids[0]}", "TimeLimit=30"],
                                         capture_output=True, text=True).returncode
             return
@@ -139,7 +138,7 @@ def long_runs(tmp_path_factory):
     sent: dict = {}
     watcher = threading.Thread(target=preempt_when_training, args=(base / "preempted", sent), daemon=True)
     watcher.start()
-    threading.Thread(target=extend_after_the_first_requeue, args=(base / "time_limit", {}), daemon=True).start()
+    threading.Thread(target=extend_after_a_mid_epoch_resume, args=(base / "time_limit", {}), daemon=True).start()
     yield {name: (base / name, proc) for name, proc in runs.items()} | {"sent": sent, "watcher": watcher}
     for proc in runs.values():
         if proc.poll() is None:
