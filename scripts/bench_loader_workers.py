@@ -95,8 +95,10 @@ def main(argv=None):
                               "/worker)" for w, v in t["images_per_s"].items())
             print(f"{layout} rank {t['rank']}: CPUs {t['cpus']}; workers before fix {t['workers_before_fix']}, "
                   f"after {t['workers_after_fix']}; {rates}", flush=True)
-    args.root = os.path.relpath(root, ROOT) if root.startswith(str(ROOT)) else "/path/to/imagefolder"
     path = Path(args.out) / "loader_workers_slurm.json"
+    # the record keeps paths relative to the repository (placeholders for folders outside it)
+    args.root = os.path.relpath(root, ROOT) if root.startswith(str(ROOT)) else "/path/to/imagefolder"
+    args.out = os.path.relpath(Path(args.out).resolve(), ROOT)
     write_json(path, record("loader_workers_slurm", args, results, "cpu"))
     print(f"wrote {path}")
     return results
