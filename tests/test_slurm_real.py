@@ -64,13 +64,29 @@ def multirun(root: Path, *overrides) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=root, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+def queued() -> set[str]:
+    r = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30)
+    return set(r.stdout.split()) if r.returncode == 0 else set()
+
+
 def finish(proc: subprocess.Popen, root: Path, timeout: float) -> str:
+    """Wait for the multirun under `root`; fail (with the task logs) if it fails, or if its jobs have left the
+    queue for a minute without it ending: without accounting (no sacct) submitit cannot see that a job died
+    without a result (a task killed, a job not requeued) and would wait for it forever."""
+    deadline, gone_since = time.time() + timeout, None
     try:
-        proc.wait(timeout=timeout)
+        while proc.poll() is None and time.time() < deadline:
+            ids = job_ids(root)
+            gone = bool(ids) and not set(ids) & queued()
+            gone_since = (gone_since or time.time()) if gone else None
+            if gone_since and time.time() - gone_since > 60:
+                break
+            time.sleep(5)
     finally:
         if proc.poll() is None:
-            subprocess.run(["scancel", "--name", "train", "--user", str(os.getuid())], check=False)
             proc.kill()
+            proc.wait()
+            subprocess.run(["scancel", *job_ids(root)], capture_output=True)
     text = (root / "multirun.log").read_text()
     assert proc.returncode == 0, text[-3000:] + task_logs(root)[-3000:]
     return text
@@ -140,9 +156,10 @@ def long_runs(tmp_path_factory):
     watcher.start()
     threading.Thread(target=extend_after_a_mid_epoch_resume, args=(base / "time_limit", {}), daemon=True).start()
     yield {name: (base / name, proc) for name, proc in runs.items()} | {"sent": sent, "watcher": watcher}
-    for proc in runs.values():
+    for name, proc in runs.items():
         if proc.poll() is None:
             proc.kill()
+            subprocess.run(["scancel", *job_ids(base / name)], capture_output=True)
 
 
 @pytest.fixture(scope="module")
