@@ -51,3 +51,15 @@ def test_local_submitit_multirun_runs_each_ratio_as_a_world_of_two(tmp_path):
     assert (tmp_path / "train" / "swin_nano_p4_dimap_r0.15" / "model.safetensors").stat().st_mtime_ns == weights
     logs = "".join(p.read_text() for p in (tmp_path / "multirun" / "submitit").rglob("*_0_log.out"))
     assert logs.count("is finished") == 2
+
+
+def test_the_slurm_launcher_gives_srun_tasks_their_cpus_and_ends_every_rank_when_one_fails():
+    """srun of Slurm 22.05-23.02 does not pass sbatch's --cpus-per-task on (SRUN_CPUS_PER_TASK does), and only
+    --kill-on-bad-exit (SLURM_KILL_BAD_EXIT) makes a failing rank end the others; both in the sbatch script."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=12"],
+                      return_hydra_config=True)
+    setup = OmegaConf.to_container(cfg.hydra.launcher.setup, resolve=True)
+    assert setup == ["export SRUN_CPUS_PER_TASK=12", "export SLURM_KILL_BAD_EXIT=1"]

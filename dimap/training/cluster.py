@@ -274,9 +274,27 @@ class Preemption:
     def exit(self, signum: int) -> None:
         """After the checkpoint: under submitit, its own handler for this signal requeues the job (rank 0: it runs
         `scontrol requeue`, or asks submitit's local executor to restart the tasks); then exit with 128 + signum,
-        which Slurm's --requeue or a wrapper script can act on. The same command resumes from the checkpoint."""
-        barrier()  # every rank is past the checkpoint before anyone leaves
+        which Slurm's --requeue or a wrapper script can act on. The same command resumes from the checkpoint.
+
+        The other ranks leave only once rank 0 has requeued: a rank exiting non-zero first would, under srun
+        --kill-on-bad-exit (conf/hydra/launcher/slurm.yaml), end rank 0 in the middle of `scontrol requeue` and
+        the job with it, never to resume."""
+        self._finish_pending()
+        self._barrier()  # every rank is past the checkpoint before anyone leaves
         previous = self.previous.get(signum)
-        if is_main() and getattr(previous, "__name__", "") == "checkpoint_and_try_requeue":
-            previous(signum, None)  # exits itself
+        if getattr(previous, "__name__", "") != "checkpoint_and_try_requeue":
+            raise SystemExit(128 + signum)
+        try:
+            if is_main():
+                previous(signum, None)  # requeues, then exits itself (SystemExit), or raises when it may not
+        finally:
+            self._barrier()  # rank 0 is through with the requeue (or failed at it): now everyone leaves
         raise SystemExit(128 + signum)
+
+    def _barrier(self) -> None:
+        """A barrier on this object's gloo group: on the CPU, so it is the same under NCCL."""
+        if self.group is not None:
+            import torch.distributed as dist
+            dist.barrier(group=self.group)
+        else:
+            barrier()

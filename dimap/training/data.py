@@ -235,18 +235,37 @@ def build_datasets(data, train_split: bool = True):
     raise UserError(f"data.name={name} is unknown: pass data=imagenet or data=mnist5k.")
 
 
-def capped_workers(requested: int, world_size: int = 1, rank: int = 0) -> int:
-    """Loader workers per process, at most the CPUs this process may use shared by the processes on the node (8
-    workers on a 2-core machine only thrash, and PyTorch warns about it); says so once when it caps."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def loader_cpus(world_size: int = 1) -> tuple[int, int, str]:
+    """(CPUs this process may use, processes of this node sharing them, how they were counted).
+
+    Only CPUs the node's processes share are divided among them. An srun task bound to its own CPUs (Slurm's
+    task/affinity or task/cgroup: an affinity mask narrower than the job's SLURM_CPUS_ON_NODE) has them to itself;
+    dividing them again by the tasks on the node left one worker per GPU (10 CPUs // 8 tasks). Unbound srun tasks
+    share the job's CPUs on the node (not the whole machine's); torchrun's workers share their agent's mask."""
+    mask = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    cap = max(1, cpus // max(1, local))
-    if requested > cap:
-        if rank == 0:
-            print(f"note: data.num_workers={requested} capped at {cap} (the {cpus} CPUs available / {local} "
-                  "process(es) per node)")
-        return cap
-    return int(requested)
+    on_node = os.environ.get("SLURM_CPUS_ON_NODE", "")
+    srun_task = "SLURM_STEP_ID" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ
+    if srun_task and on_node.isdigit():
+        if mask < int(on_node):
+            return mask, 1, "bound to this task"
+        return int(on_node), local, f"of the job on this node, shared by {local} task(s)"
+    return mask, local, f"available, shared by {local} process(es) on this node"
+
+
+def capped_workers(requested: int, world_size: int = 1, rank: int = 0) -> int:
+    """Loader workers per process, at most this process's share of the CPUs (loader_cpus: 8 workers on a 2-core
+    machine only thrash, and PyTorch warns about it); says so once when it caps. Every srun task says what it got,
+    in its own log, as the CPUs a scheduler gives differ between tasks."""
+    cpus, sharing, how = loader_cpus(world_size)
+    cap = max(1, cpus // max(1, sharing))
+    workers = min(int(requested), cap)
+    if requested > cap and rank == 0:
+        print(f"note: data.num_workers={requested} capped at {cap} (the {cpus} CPUs {how})")
+    if "SLURM_STEP_ID" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ:
+        ids = ",".join(map(str, sorted(os.sched_getaffinity(0)))) if hasattr(os, "sched_getaffinity") else "?"
+        print(f"rank {rank}: {workers} loader worker(s); CPUs {ids}: {cpus} {how}", flush=True)
+    return workers
 
 
 def build_loaders(data, batch_size, eval_batch_size, *, world_size=1, rank=0, seed=0, num_workers=0,

@@ -24,8 +24,12 @@ def env_from_submitit() -> bool:
     init_distributed reads one set of variables whoever started the process. True when it did.
 
     CUDA_VISIBLE_DEVICES is left alone: every task sees the node's GPUs and LOCAL_RANK picks one, as under torchrun.
+    A process that torchrun started inside a submitit job (a user's own script) keeps torchrun's variables: they
+    name its rank among torchrun's workers, where the job's would make every worker rank 0 of a world of one.
     """
     if not os.environ.get("SUBMITIT_EXECUTOR"):  # how submitit marks its tasks (JobEnvironment.activated)
+        return False
+    if under_torchrun():
         return False
     from submitit.helpers import TorchDistributedEnvironment
 

@@ -75,6 +75,19 @@ def test_a_slurm_task_of_submitit_gets_torchruns_variables_from_its_allocation(m
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"  # LOCAL_RANK picks the GPU, as under torchrun
 
 
+def test_torchrun_started_inside_a_submitit_job_keeps_its_own_variables(monkeypatch):
+    """A user's sbatch script runs torchrun in a submitit task: each worker is a rank of torchrun's world, which
+    the job's variables (one task, rank 0 of 1) must not overwrite."""
+    from dimap.training.distributed import env_from_submitit
+    torchrun = {"TORCHELASTIC_RUN_ID": "1", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "5",
+                "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for key, value in {**SLURM_TASK, "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                       **torchrun}.items():
+        monkeypatch.setenv(key, value)
+    assert not env_from_submitit()
+    assert {k: os.environ[k] for k in torchrun} == torchrun
+
+
 def test_outside_submitit_torchruns_own_variables_are_left_alone(monkeypatch):
     from dimap.training.distributed import env_from_submitit
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "")
@@ -218,3 +231,39 @@ def test_a_forked_child_such_as_a_dataloader_worker_does_not_keep_the_lock(tmp_p
     finally:
         os.kill(child, sig.SIGKILL)
         os.waitpid(child, 0)
+
+
+def _leave_after_requeue(rank, world, init_file, results):
+    """Preemption.exit on two gloo ranks, each with a stand-in for submitit's SIGUSR2 handler; rank 0's takes 1.5 s
+    to requeue (scontrol requeue on a busy controller), then exits as submitit's does."""
+    import signal as sig
+    import time
+    import torch.distributed as dist
+    from dimap.training.cluster import Preemption
+
+    def checkpoint_and_try_requeue(signum, frame):  # the name Preemption.exit looks for
+        time.sleep(1.5)
+        results[f"requeued {rank}"] = time.time()
+        raise SystemExit(-1)
+
+    sig.signal(sig.SIGUSR2, checkpoint_and_try_requeue)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    with Preemption() as preemption:
+        try:
+            preemption.exit(sig.SIGUSR2)
+        except SystemExit as e:
+            results[rank] = (e.code, time.time())
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_after_a_preemption_the_other_ranks_leave_only_once_rank_0_has_requeued(tmp_path):
+    """Under srun --kill-on-bad-exit the first rank to exit non-zero ends the job: had rank 1 left at once, rank 0
+    would have been killed inside `scontrol requeue` and the job never resumed."""
+    import signal as sig
+    import torch.multiprocessing as mp
+    results = mp.Manager().dict()
+    mp.spawn(_leave_after_requeue, args=(2, tmp_path / "init", results), nprocs=2)
+    assert "requeued 1" not in results  # only rank 0 requeues
+    assert results[0][0] == -1 and results[1][0] == 128 + sig.SIGUSR2
+    assert results[1][1] >= results["requeued 0"]
