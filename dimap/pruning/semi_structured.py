@@ -107,3 +107,24 @@ def to_semi_structured(model: nn.Module, masks: dict[str, torch.Tensor], dtype: 
     record = {"converted": converted, "dense": [n for n, k in layers.items() if k == "dense"],
               "refused_shape": [n for n, k in layers.items() if k == "shape"], "dtype": str(dtype).split(".")[-1]}
     return CastIO(model, dtype), record
+
+
+def evaluate_semi_structured(model: nn.Module, masks: dict, loader, device, progress: bool = False) -> dict:
+    """Top-1/top-5 of a copy of `model` on 2:4 kernels (bf16) over `loader`, and its end-to-end images/s
+    (data loading included, the first batch excluded as warm-up). The run's own model is left as it was."""
+    import copy
+    import time
+
+    from dimap.training.engine import evaluate
+    check_available(device)
+    sparse, record = to_semi_structured(copy.deepcopy(model), masks, torch.bfloat16, device=str(device))
+    with torch.no_grad():  # warm-up: kernel selection, allocations
+        sparse(next(iter(loader))[0].to(device))
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    ev = evaluate(sparse, loader, device, progress=progress, desc="eval 2:4")
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return {"top1": ev["top1"], "top5": ev["top5"], "images": ev["n"], "seconds": seconds,
+            "images_per_s": ev["n"] / seconds, "converted_layers": len(record["converted"]),
+            "dense_layers": len(record["dense"]), "refused_shape_layers": len(record["refused_shape"])}
