@@ -12,7 +12,8 @@ Rows per seed and ratio r (share of each module's prunable weights removed):
   global_magnitude 2:4 (the layers of least |w| loss over the whole model, nm_allocation=auto -> global);
 - at r = 0.5 (every eligible layer 2:4) global_magnitude 2:4: its masks are checked bit-identical to dimap's
   (within a group of 4 both keep the 2 largest |w|); its finetuned row is then dimap's run, marked so.
-Writes rows.csv, rows.json (command, git commit, versions, config, rows) and summary.md.
+Writes rows.csv, rows.json (command, git commit, versions, config, rows) and summary.md; each finished seed's
+rows also go to seeds/seed_S.json, which the same command reads back instead of running that seed again.
 """
 import argparse
 import csv
@@ -114,6 +115,7 @@ def run_seed(seed: int, args, device, log) -> tuple[list[dict], dict]:
             finetuned_by_checksum[checksum] = rows[-1]
             log(f"seed {seed} r={ratio} {method} {pattern} {base['allocation']}: achieved {base['ratio_achieved']:.3f}, "
                 f"pruned {ev['top1']:.1f} -> finetuned {final['top1']:.1f}")
+    config["paths"]["cache_dir"] = "$DIMAP_CACHE"  # records hold no machine's paths (--cache-dir is one)
     return rows, {"seed": seed, "dense_top1": pre["top1"], "cache": pre["cache"], "config": config}
 
 
@@ -158,6 +160,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "demo" / "nm")
     p.add_argument("--cache-dir", default=os.environ.get("DIMAP_CACHE", str(ROOT / ".cache" / "dimap")))
     p.add_argument("--threads", type=int)
+    p.add_argument("--rerun", action="store_true", help="run seeds again whose rows are in OUT/seeds/")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every seed")
     args = p.parse_args(argv)
     if args.threads:
@@ -165,17 +168,23 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     t0, rows, denses = time.time(), [], []
-    for seed in args.seeds:
-        seed_rows, dense = run_seed(seed, args, device, log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:  # a seed finished by an earlier run of the same command is read back, not rerun
+        done = args.out / "seeds" / f"seed_{seed}.json"
+        if done.is_file() and not args.rerun:
+            seed_rows, dense = json.loads(done.read_text()).values()
+            log(f"seed {seed}: read back from {done.relative_to(args.out)} (--rerun to run it again)")
+        else:
+            seed_rows, dense = run_seed(seed, args, device, log)
+            dense["cache"] = os.path.relpath(dense["cache"], args.cache_dir)
+            done.parent.mkdir(exist_ok=True)
+            done.write_text(json.dumps({"rows": seed_rows, "dense": dense}, default=str) + "\n")
         rows += seed_rows
         denses.append(dense)
-    args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "rows.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    for d in denses:  # the cache file relative to the cache folder: records hold no machine's paths
-        d["cache"] = os.path.relpath(d["cache"], args.cache_dir)
     meta = {"command": "python scripts/replicate_nm.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "git_commit": git_commit(), "versions": versions(), "device": str(device),
             "threads": torch.get_num_threads(), "wall_time_s": round(time.time() - t0, 1),
