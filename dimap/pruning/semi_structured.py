@@ -53,16 +53,18 @@ def plan(masks: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, str]:
 
 
 class SemiStructuredLinear(nn.Module):
-    """nn.Linear with a 2:4 sparse weight; flattens leading dimensions (the kernels take 2-D inputs)."""
+    """nn.Linear with a 2:4 sparse weight, convert(masked weight, cast to `dtype` if given); flattens leading
+    dimensions (the kernels take 2-D inputs) and casts its input to the weight's dtype."""
 
-    def __init__(self, linear: nn.Linear, mask: torch.Tensor, convert):
+    def __init__(self, linear: nn.Linear, mask: torch.Tensor, convert, dtype: torch.dtype | None = None):
         super().__init__()
-        w = (linear.weight.detach() * mask.to(linear.weight.device, linear.weight.dtype)).contiguous()
+        dtype = dtype or linear.weight.dtype
+        w = (linear.weight.detach() * mask.to(linear.weight.device, linear.weight.dtype)).to(dtype).contiguous()
         self.weight = nn.Parameter(convert(w), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
 
     def forward(self, x):
-        y = F.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
+        y = F.linear(x.reshape(-1, x.shape[-1]).to(self.weight.dtype), self.weight, self.bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
