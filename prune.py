@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
     if pattern["semi_structured"]:
         extra["semi_structured"] = semi_structured_check(model, masks, cfg.model.img_size, cfg.model.in_chans)
     summary = prune_summary(config["model"], method, ratio, acc, module_ratios=module_ratios, config=config,
-                            **extra)
+                            pattern=pattern["pattern"], **extra)
 
     meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": method, "ratio": ratio,
             "pattern": pattern["pattern"], "weights": str(cfg.model.weights), "git_commit": summary["git_commit"]}
