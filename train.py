@@ -37,7 +37,8 @@ from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, 
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
 from dimap.pruning.pruned_file import save_pruned
-from dimap.pruning.semi_structured import check_available, evaluate_semi_structured
+from dimap.pruning.semi_structured import check_available
+from dimap.training.sparse_eval import evaluate_semi_structured
 from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
 from dimap.report import (check_output_dir, finished_summary, format_table, prune_summary, results_table,
                           write_json)
