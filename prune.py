@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from dimap.pruning.accounting import account
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.pruning.inspect_checkpoint import inspect_checkpoint
-from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_ratio, compute_masks
+from dimap.pruning.masks import (apply_masks, check_method, check_module_ratios, check_pattern, check_ratio,
+                                 compute_masks)
 from dimap.models import build_model
 from dimap.pruning.pruned_file import save_pruned
+from dimap.pruning.semi_structured import check_available, to_semi_structured
 from dimap.report import check_output_dir, format_table, plot_kept_fraction, prune_summary, write_json
 
 
@@ -35,20 +37,30 @@ def run(cfg: DictConfig) -> dict:
         return inspect(cfg, config)
     check_method(method)
     check_ratio(ratio)
+    module_ratios = check_module_ratios(config["prune"].get("module_ratios"), ratio)
+    pattern = check_pattern(config["prune"], method, ratio, module_ratios)
+    if pattern["semi_structured"]:
+        check_available()
     check_output_dir(cfg.output_dir, config)  # all checks before anything is written
 
     torch.manual_seed(cfg.seed)  # model.weights=random: the same weights, masks and sparse FLOPs on every run
     model = build_model(config["model"]).eval()
-    module_ratios = check_module_ratios(config["prune"].get("module_ratios"), ratio)
-    masks = compute_masks(model, method, ratio, module_ratios)
+    nm_record = {}
+    masks = compute_masks(model, method, ratio, module_ratios, pattern["pattern"], pattern["allocation"] or "auto",
+                          record=nm_record)
     apply_masks(model, masks)
-    acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
+    acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans, pattern=pattern["nm"])
     if module_ratios:  # the summary's ratio is then the share removed over all modules, as measured
         ratio = acc["prunable_removed_fraction"]
-    summary = prune_summary(config["model"], method, ratio, acc, module_ratios=module_ratios, config=config)
+    extra = {"nm": dict(nm_record, ratio_asked=ratio, ratio_achieved=acc["prunable_removed_fraction"])} \
+        if pattern["nm"] else {}
+    if pattern["semi_structured"]:
+        extra["semi_structured"] = semi_structured_check(model, masks, cfg.model.img_size, cfg.model.in_chans)
+    summary = prune_summary(config["model"], method, ratio, acc, module_ratios=module_ratios, config=config,
+                            pattern=pattern["pattern"], **extra)
 
     meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": method, "ratio": ratio,
-            "weights": str(cfg.model.weights), "git_commit": summary["git_commit"]}
+            "pattern": pattern["pattern"], "weights": str(cfg.model.weights), "git_commit": summary["git_commit"]}
     save_pruned(model, masks, cfg.output_dir, meta)
     if cfg.plot:
         plot_kept_fraction(acc["layers"], f"{cfg.output_dir}/kept_fraction.png",
@@ -59,6 +71,23 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+def semi_structured_check(model, masks, img_size: int, in_chans: int) -> dict:
+    """Convert a copy of the pruned model to 2:4 kernels (bf16, CUDA) and compare its outputs with the masked
+    dense model's in bf16 on a random batch: the converted layers and the largest logit difference."""
+    import copy
+    ref = copy.deepcopy(model).to("cuda", torch.bfloat16).eval()
+    sparse, record = to_semi_structured(copy.deepcopy(model), masks, torch.bfloat16)
+    x = torch.randn(8, in_chans, img_size, img_size, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        a, b = ref(x.bfloat16()).float(), sparse(x)
+    record["max_abs_logit_diff_vs_dense_bf16"] = float((a - b).abs().max())
+    record["logit_scale"] = float(a.abs().max())
+    print(f"2:4 kernels on {len(record['converted'])} layers ({len(record['dense'])} dense, "
+          f"{len(record['refused_shape'])} refused by shape): largest logit difference to the dense bf16 model "
+          f"{record['max_abs_logit_diff_vs_dense_bf16']:.4g} (logits up to {record['logit_scale']:.3g})")
+    return record
+
+
 def inspect(cfg: DictConfig, config: dict) -> dict:
     """prune=none: the masks, sparsity and accounting of an already pruned checkpoint; writes no model file."""
     if str(cfg.model.weights) in ("hub", "random"):
@@ -67,8 +96,9 @@ def inspect(cfg: DictConfig, config: dict) -> dict:
     compare_dense = cfg.prune.get("compare_dense")
     if compare_dense:
         check_method(cfg.prune.compare_method)
+    nm = check_pattern(config["prune"], "none", 0.0, None)["nm"]  # prune.pattern=2:4: classify the layers too
     model, masks, comparison = inspect_checkpoint(config["model"], compare_dense, cfg.prune.get("compare_method"))
-    acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
+    acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans, pattern=nm)
     summary = prune_summary(config["model"], "none", acc["prunable_removed_fraction"], acc, config=config,
                             inspect=True, compare=comparison)
     if cfg.plot:

@@ -34,11 +34,13 @@ from dimap.training.engine import evaluate
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
 from dimap.pruning.inspect_checkpoint import masks_for_run
-from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_ratio
+from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_pattern, check_ratio
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
 from dimap.training.rank_failure import FailTogether
 from dimap.pruning.pruned_file import save_pruned
+from dimap.pruning.semi_structured import check_available
+from dimap.training.sparse_eval import evaluate_semi_structured
 from dimap.training.recipe import amp_dtype, eval_amp_dtype, resolve_batches
 from dimap.report import (check_output_dir, finished_summary, format_table, prune_summary, results_table,
                           write_json)
@@ -65,6 +67,9 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
     if method != "none":  # none: evaluate (or finetune) the weights as they are, masks from their zeros
         check_method(method)
     module_ratios = check_module_ratios(config["prune"].get("module_ratios"), ratio)
+    pattern = check_pattern(config["prune"], method, ratio, module_ratios)
+    if pattern["semi_structured"]:  # refused before anything is written where 2:4 kernels cannot run
+        check_available(cfg.device if cfg.device != "auto" else "cuda")
     if tc["nonfinite"] not in ("stop", "skip"):
         raise UserError(f"train.nonfinite={tc['nonfinite']!r} is unknown: pass train.nonfinite=stop or skip")
     if not isinstance(tc["epochs"], int) or tc["epochs"] < 0:
@@ -114,7 +119,8 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
             results.update(dense_top1=ev["top1"], dense_top5=ev["top5"])
         # On the CPU, as prune.py: a GPU's cumsum can flip near-ties, giving the same weights two checksums.
-        masks, p = masks_for_run(model.cpu(), method, ratio, module_ratios)
+        masks, p = masks_for_run(model.cpu(), method, ratio, module_ratios, pattern["pattern"],
+                                 pattern["allocation"] or "auto")
         results["pruning"] = p
         if p["weights_already_pruned"]:
             log(f"model.weights is already pruned ({100 * p['weights_zero_share']:.1f}% of its prunable weights are "
@@ -144,18 +150,21 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
         fit = finetune(model, masks, train_loader, val_loader, num_classes, config, device, out, state=state,
                        logger=logger, results=results, log=log, preemption=preemption)
     final = fit["final"] or {"top1": results["pruned_top1"], "top5": results["pruned_top5"]}
+    if pattern["semi_structured"]:  # the final model again, on 2:4 kernels (bf16): accuracy and images/s
+        results["semi_structured"] = evaluate_semi_structured(model, masks, val_loader, device, main)
 
     summary = None
     if main:
-        acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans)
+        acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans, pattern=pattern["nm"])
         pruning = results["pruning"]  # what was applied: method "none" when the masks are the weights' zeros
         summary = prune_summary(
             config["model"], pruning["method"], pruning["ratio"], acc, top1=final["top1"], top5=final["top5"], **results,
+            pattern=pruning.get("pattern", "unstructured"),
             best_top1=fit["best_top1"], epochs=tc["epochs"], world_size=world, global_batch=batches.global_batch,
             seed=cfg.seed, mask_checksum=checksum, train_time_s=sum(r["time"] for r in fit["history"]),
             wall_time_s=time.time() - t_start, config=config)
         meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": pruning["method"],
-                "ratio": pruning["ratio"],
+                "ratio": pruning["ratio"], "pattern": pruning.get("pattern", "unstructured"),
                 "weights": str(cfg.model.weights), "finetuned_epochs": tc["epochs"], "top1": final["top1"],
                 "git_commit": summary["git_commit"]}
         save_pruned(model, masks, out, meta)

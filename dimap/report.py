@@ -68,6 +68,11 @@ def format_table(summary: dict) -> str:
         f"(-{s['flops_paper_reduction_pct']:.1f}%) | sparse {s['flops_sparse'] / 1e9:.3f} G "
         f"(-{s['flops_sparse_reduction_pct']:.1f}%)",
     ]
+    if "flops_nm_kernel" in s:  # N:M: what the GPU's N:M kernels execute and store
+        rows.append(f"{s['pattern']:<8} {s['nm_layers']} layers N:M, {s['dense_layers']} dense | kernel FLOPs "
+                    f"{s['flops_nm_kernel'] / 1e9:.3f} G (-{s['flops_nm_kernel_reduction_pct']:.1f}%) | 16-bit weights "
+                    f"{s['weight_bytes_16bit_nm'] / 2**20:.2f} MiB of {s['weight_bytes_16bit_dense'] / 2**20:.2f} MiB "
+                    f"({s['weight_bytes_16bit_nm_pct']:.1f}%)")
     return "\n".join(rows)
 
 

@@ -34,6 +34,8 @@ from bench_masks import ROOT, build_model, model_input, record  # noqa: E402
 
 from dimap.pruning.masks import apply_masks, compute_masks  # noqa: E402
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map  # noqa: E402
+from dimap.pruning.patterns import nm_masks  # noqa: E402
+from dimap.pruning.semi_structured import SemiStructuredLinear, replace_linears, unavailable_reason  # noqa: E402
 from dimap.report import write_json  # noqa: E402
 
 
@@ -53,37 +55,10 @@ class SparseLinear(nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-class SemiStructuredLinear(nn.Module):
-    """nn.Linear with a 2:4 sparse bf16 weight (torch.sparse.to_sparse_semi_structured, CUDA sm80+)."""
-
-    def __init__(self, linear: nn.Linear, mask: torch.Tensor):
-        super().__init__()
-        from torch.sparse import to_sparse_semi_structured
-        w = (linear.weight.detach() * mask).to(torch.bfloat16)
-        self.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().bfloat16(), False)
-
-    def forward(self, x):
-        y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.weight, self.bias)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-def replace_linears(model: nn.Module, names, make) -> nn.Module:
-    for name in names:
-        path = name.removesuffix(".weight")
-        parent, _, child = path.rpartition(".")
-        setattr(model.get_submodule(parent), child, make(model.get_submodule(path), name))
-    return model
-
-
 def two_four_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The 2:4 projection of a DIMAP-masked (out x in) matrix: per 4 consecutive inputs keep the 2 largest
-    |w| among the kept weights (ties: lower index), as a mask over all weights."""
-    out, inp = weight.shape
-    mag = (weight.detach().abs() * mask).reshape(out, inp // 4, 4).float()
-    top2 = torch.argsort(mag, dim=-1, descending=True, stable=True)[..., :2]
-    keep = torch.zeros_like(mag, dtype=torch.bool).scatter_(-1, top2, True)
-    return keep.reshape(out, inp)
+    |w| among the kept weights (dimap.pruning.patterns.nm_masks: ties, the lower index removed first)."""
+    return nm_masks(weight.detach().abs() * mask, 2, 4)
 
 
 def two_four_report(model: nn.Module, masks: dict) -> dict:
@@ -108,7 +83,7 @@ def two_four_report(model: nn.Module, masks: dict) -> dict:
 
 
 def semi_structured_supported(device: str) -> bool:
-    return device.startswith("cuda") and torch.cuda.get_device_capability(device) >= (8, 0)
+    return unavailable_reason(device) is None
 
 
 @torch.inference_mode()
@@ -197,7 +172,9 @@ def main(argv=None):
 
                 def semi(lin, n, r=r):  # a layer whose shape the 2:4 kernels refuse stays dense (and masked)
                     try:
-                        out = SemiStructuredLinear(lin, two_four_mask(lin.weight, masks[r][n].to(lin.weight.device)))
+                        from torch.sparse import to_sparse_semi_structured
+                        out = SemiStructuredLinear(lin, two_four_mask(lin.weight, masks[r][n].to(lin.weight.device)),
+                                                   to_sparse_semi_structured, torch.bfloat16)
                         out(torch.randn(64, lin.in_features, device=lin.weight.device))
                         converted.append(n)
                         return out

@@ -46,6 +46,10 @@ SIZES = {
         "overhead": ["--device", "cuda", "--amp", "bf16", "--model", "swin_b", "--batch", "64", "--repeats", "20"],
         "latency": ["--device", "cuda", "--models", "swin_t", "swin_s", "swin_b", "--batch-sizes", "1", "64",
                     "--repeats", "20", "--warmup", "3"],
+        # 2:4 (docs/sparsity.md): dense vs 2:4 kernels from prune.py's 2:4 models; evaluation images/s on them
+        "nm_latency": ["--device", "cuda", "--models", "swin_t", "swin_s", "swin_b", "--batch-sizes", "1", "64",
+                       "256", "--repeats", "20", "--warmup", "3"],
+        "nm_eval": ["device=cuda", "prune.semi_structured=true", "train.eval_batch_size=256", "data.num_workers=8"],
     },
     "smoke": {
         "imagefolder": ["--train-per-class", "8", "--val-per-class", "2", "--min-size", "24", "--max-size", "96"],
@@ -63,11 +67,21 @@ SIZES = {
                      "--apply-repeats", "2"],
         "latency": ["--device", "cpu", "--models", "swin_nano", "--batch-sizes", "1", "--repeats", "1",
                     "--warmup", "0", "--ratios", "0.55", "--csr-ratios", "0.9"],
+        "nm_latency": ["--device", "cpu", "--models", "swin_nano", "--batch-sizes", "1", "--repeats", "1",
+                       "--warmup", "0"],
+        # no 2:4 kernels on a CPU: the same evaluation run without the conversion
+        "nm_eval": ["device=cpu", "model=swin_nano", "model.kwargs.in_chans=3", "model.in_chans=3", "data.img_size=32",
+                    "train.eval_batch_size=20", "data.num_workers=0"],
     },
 }
 # Seconds each step may take at most (also capped by what is left of --budget-s); in running order.
 TIMEOUTS = {"imagefolder": 60, "train_e2e": 300, "train_throughput": 150, "data_pipeline": 120,
-            "mask_overhead": 120, "latency": 150, "masks_timm": 150, "masks_pruned": 150}
+            "mask_overhead": 120, "latency": 150, "masks_timm": 150, "masks_pruned": 150,
+            "nm_latency": 300, "nm_eval": 150}
+# The 2:4 evaluation run: Swin-T at 2:4 (experiment=nm/swin_t_2of4), random weights, on the generated folder,
+# pruned and evaluated only (train.epochs=0); its summary.json holds semi_structured.images_per_s.
+NM_EVAL = ["experiment=nm/swin_t_2of4", "model.weights=random", "++model.kwargs.num_classes=10", "data=imagenet",
+           "train.epochs=0", "logger=none", "seed=0"]
 
 
 def descendants(pid: int) -> list[int]:
@@ -159,8 +173,20 @@ class GpuCheck:
                                 *self.sizes["imagefolder"]], timeout)
         (d / "manifest.json").write_text((folder / "manifest.json").read_text())
 
+    def nm_eval(self, name: str, timeout: float, folder: Path) -> dict:
+        """train.py at 2:4, evaluation only, with the 2:4 kernels on CUDA: its summary.json is the record."""
+        out = self.steps_dir / name / "run"
+        self.command(name, [PY, str(ROOT / "train.py"), *NM_EVAL, *self.sizes["nm_eval"], f"data.root={folder}",
+                            f"output_dir={out}"], timeout)
+        summary = read_json(out / "summary.json")
+        keep = ("pattern", "nm_layers", "top1", "flops_nm_kernel", "weight_bytes_16bit_nm", "semi_structured")
+        (self.steps_dir / name / "nm_eval.json").write_text(json.dumps({k: summary.get(k) for k in keep}, indent=1))
+        if summary.get("pattern") != "2:4":
+            raise StepFailed("train.py's summary.json does not record pattern 2:4")
+
     def step(self, name: str, fn, *needs: str) -> None:
-        if name not in self.only and not (name == "imagefolder" and {"train_e2e", "data_pipeline"} & self.only):
+        if name not in self.only and not (name == "imagefolder" and {"train_e2e", "data_pipeline", "nm_eval"}
+                                          & self.only):
             return
         t0, entry = time.monotonic(), {"name": name}
         timeout = min(TIMEOUTS[name], self.remaining())
@@ -216,6 +242,8 @@ class GpuCheck:
         self.step("latency", lambda n, t: self.script(n, "bench_latency.py", s["latency"], t))
         self.step("masks_timm", lambda n, t: self.script(n, "bench_masks.py", s["masks_timm"], t))
         self.step("masks_pruned", lambda n, t: self.script(n, "bench_masks.py", s["masks_pruned"], t))
+        self.step("nm_latency", lambda n, t: self.script(n, "bench_nm.py", s["nm_latency"], t))
+        self.step("nm_eval", lambda n, t: self.nm_eval(n, t, folder), "imagefolder")
         self.summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.write()
         return self.summary

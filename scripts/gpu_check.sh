@@ -8,6 +8,9 @@
 #   train_throughput  our engine (train_one_epoch + FixedMask) vs a bare loop: Swin-T, 224, bf16, batch 128
 #   data_pipeline     training images/s per DataLoader worker, real JPEGs, the paper's augmentation
 #   mask_overhead, latency (2:4 kernels included), masks_timm, masks_pruned: the existing benchmarks on CUDA
+#   nm_latency        dense vs 2:4 kernels, Swin-T/S/B from prune.py's 2:4 models, batch 1/64/256, bf16
+#   nm_eval           train.py at 2:4 (train.epochs=0, prune.semi_structured=true): evaluation images/s on the
+#                     2:4 kernels vs dense bf16. Both alone: python scripts/gpu_check.py --only nm_latency nm_eval
 # Results: OUT (default $OUT, else results/bench/gpu) gets gpu_check_summary.json (every step's status and
 # records), gpu_check.log and gpu_check_steps.tar.gz.
 #

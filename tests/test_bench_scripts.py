@@ -68,7 +68,7 @@ def test_two_four_projection_rule():
     two_four_mask = load("bench_latency").two_four_mask
     w = torch.tensor([[4.0, -3.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.0]])
     dimap_kept = torch.tensor([[False, True, True, True, True, True, True, False]])
-    # group 1: kept {-3, 2, 1} -> keep -3 and 2; group 2: kept {1, 1, 0.5}, tie -> lower index first
+    # group 1: kept {-3, 2, 1} -> keep -3 and 2; group 2: kept {1, 1, 0.5} -> keep both 1s (ties: lower index removed first)
     assert two_four_mask(w, dimap_kept).tolist() == [[False, True, True, False, True, True, False, False]]
 
 

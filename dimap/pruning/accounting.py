@@ -6,16 +6,24 @@ FLOPs are fvcore's: one multiply-add counts as one FLOP, at batch 1. Three conve
   linear layers, r being the share of prunable weights removed.
 - flops_sparse: each prunable linear layer's FLOPs scaled by its own kept fraction; attention matmuls, norms
   and everything else stay dense. DIMAP prunes deep layers (few tokens) hardest, so this reduction is smaller.
+- flops_nm_kernel (prune.pattern N:M): what an N:M kernel executes: each exactly N:M layer at N/M of its dense
+  FLOPs, every other layer (dense, or unstructured-sparse) at its full dense FLOPs.
+- weight_bytes_16bit_dense / weight_bytes_16bit_nm: the model's weights in fp16/bf16, dense, and with every N:M
+  layer compressed as torch.sparse.to_sparse_semi_structured stores it: N/M of the values (2 bytes each) plus a
+  ceil(log2 M)-bit index per kept value. For 2:4: numel x (1 + 1/8) bytes = 9/16 of dense, torch's
+  compression factor for fp16/bf16 (other N:M: the same formula, no kernel of torch's runs them).
 - flops_official_*: the official Swin code's analytic count (`flops_official`), the one the paper's FLOPs column
   was computed with (it gives the paper's dense 4.5 / 8.7 / 15.4 G); fvcore stays the measured count.
 """
 import contextlib
+import math
 
 import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map
+from dimap.pruning.patterns import layer_kind
 
 
 # timm's per-module switches, and the value that makes every FLOP visible to fvcore, layer by layer:
@@ -109,11 +117,27 @@ def _pct(removed: float, total: float) -> float:
     return 100.0 * removed / total if total else 0.0
 
 
+def nm_columns(layers: list[dict], params_total: int, flops_dense: int, nm: tuple[int, int]) -> dict:
+    """The N:M kernel's FLOPs and the compressed 16-bit weight size (module docstring), from `account`'s layers."""
+    n, m = nm
+    nm_layers = [l for l in layers if l["kind"] == f"{n}:{m}"]
+    executed = flops_dense - sum(l["flops"] * (m - n) / m for l in nm_layers)
+    numel = sum(l["weights"] for l in nm_layers)
+    compressed = sum(l["weights"] * n // m * 2 + math.ceil(l["weights"] * n // m * math.ceil(math.log2(m)) / 8)
+                     for l in nm_layers)
+    dense_bytes = 2 * params_total
+    return {"pattern": f"{n}:{m}", "nm_layers": len(nm_layers), "dense_layers": len(layers) - len(nm_layers),
+            "flops_nm_kernel": executed, "flops_nm_kernel_reduction_pct": _pct(flops_dense - executed, flops_dense),
+            "weight_bytes_16bit_dense": dense_bytes, "weight_bytes_16bit_nm": dense_bytes - 2 * numel + compressed,
+            "weight_bytes_16bit_nm_pct": 100.0 * (dense_bytes - 2 * numel + compressed) / dense_bytes}
+
+
 def account(model: nn.Module, masks: dict[str, torch.Tensor], img_size: int, in_chans: int = 3,
-            flops: dict[str, int] | None = None) -> dict:
+            flops: dict[str, int] | None = None, pattern: tuple[int, int] | None = None) -> dict:
     """Every accounting figure of a pruned model, with per-module and per-layer breakdowns.
 
-    `masks` covers the prunable weights (True = kept); `flops` may be passed in to avoid re-tracing.
+    `masks` covers the prunable weights (True = kept); `flops` may be passed in to avoid re-tracing. With an N:M
+    `pattern` (N, M) each layer is classified dense / N:M / other and the N:M columns are added.
     """
     flops = flops if flops is not None else flops_by_module(model, img_size, in_chans)
     params_total = sum(p.numel() for p in model.parameters())
@@ -124,7 +148,8 @@ def account(model: nn.Module, masks: dict[str, torch.Tensor], img_size: int, in_
         numel, kept = mask.numel(), int(mask.sum())
         layer_flops = int(flops[name.removesuffix(".weight")])
         layers.append({"name": name, "module": module, "weights": numel, "kept": kept,
-                       "kept_fraction": kept / numel, "flops": layer_flops})
+                       "kept_fraction": kept / numel, "flops": layer_flops,
+                       **({"kind": layer_kind(mask, *pattern)} if pattern else {})})
         modules[module]["weights"] += numel
         modules[module]["kept"] += kept
         modules[module]["flops"] += layer_flops
@@ -153,6 +178,7 @@ def account(model: nn.Module, masks: dict[str, torch.Tensor], img_size: int, in_
         "flops_sparse": flops_sparse,
         "flops_sparse_reduction_pct": _pct(flops_dense - flops_sparse, flops_dense),
         **_official_columns(model, masks, ratio),
+        **(nm_columns(layers, params_total, flops_dense, pattern) if pattern else {}),
         "modules": modules,
         "layers": layers,
     }

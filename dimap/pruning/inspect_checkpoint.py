@@ -99,22 +99,32 @@ def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compar
 ALREADY_PRUNED = 0.01
 
 
-def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None):
+def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None,
+                  pattern: str = "unstructured", allocation: str = "auto"):
     """The masks a training or evaluation run applies to `model` (dense weights loaded), and what they are.
 
     At ratio 0 (and no module_ratios) or with method "none" nothing is pruned here: the masks are the weights'
     own zeros, as prune=none reads them, so an already pruned file (the authors' DIMAP checkpoints) is evaluated,
     or finetuned, as the pruned model it is, and recorded as method "none" with ratio = its measured removed share
     (0 for dense weights), never as "dimap, ratio 0". Otherwise `method`'s masks at `ratio`.
-    Returns (masks, record) with record = {method, ratio, masks_from, weights_zero_share, weights_already_pruned}.
+    `pattern` "N:M" (and `allocation`): see `compute_masks`; the record then also holds `nm` (which layers are
+    N:M, dense, ineligible; the ratio asked and achieved).
+    Returns (masks, record) with record = {method, ratio, pattern, masks_from, weights_zero_share,
+    weights_already_pruned}.
     """
     zeros = checkpoint_masks(model)
     n = sum(m.numel() for m in zeros.values())
     zero_share = sum(int((~m).sum()) for m in zeros.values()) / n
     record = {"weights_zero_share": zero_share, "weights_already_pruned": zero_share >= ALREADY_PRUNED}
     if method == "none" or (ratio == 0 and not module_ratios):
-        return zeros, {"method": "none", "ratio": zero_share, "masks_from": "zeros of model.weights", **record}
-    masks = compute_masks(model, method, ratio, module_ratios)
+        return zeros, {"method": "none", "ratio": zero_share, "pattern": "unstructured",
+                       "masks_from": "zeros of model.weights", **record}
+    nm = {}
+    masks = compute_masks(model, method, ratio, module_ratios, pattern, allocation, record=nm)
+    achieved = sum(int((~m).sum()) for m in masks.values()) / n
+    if nm:
+        record["nm"] = dict(nm, ratio_asked=ratio, ratio_achieved=achieved)
     if module_ratios:  # the share removed over all modules, as measured
-        ratio = sum(int((~m).sum()) for m in masks.values()) / n
-    return masks, {"method": method, "ratio": ratio, "masks_from": method, "module_ratios": module_ratios, **record}
+        ratio = achieved
+    return masks, {"method": method, "ratio": ratio, "pattern": str(pattern), "masks_from": method,
+                   "module_ratios": module_ratios, **record}

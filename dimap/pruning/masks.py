@@ -11,6 +11,8 @@ from torch import nn
 from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map, prunable_weights
+from dimap.pruning.patterns import check_nm_ratio, parse_pattern, pattern_masks
+from dimap.pruning.scores import dimap_scores
 
 
 def check_ratio(ratio) -> float:
@@ -39,20 +41,88 @@ def check_module_ratios(module_ratios, ratio: float) -> dict[str, float] | None:
     return {m: float(v) for m, v in shares.items()}
 
 
+class _LazyScores(dict):
+    """{name: score} computed per layer when asked (one layer's float64 Eq. 10 scores at a time)."""
+
+    def __init__(self, weights, score):
+        super().__init__()
+        self.weights, self.score = weights, score
+
+    def __missing__(self, name):
+        return self.score(self.weights[name])
+
+
+def _magnitude(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().abs()
+
+
+# Per criterion, for N:M: (cost of a weight for the allocation, allocation when prune.nm_allocation=auto). Inside a
+# group of M every built-in criterion ranks by |w|: Eq. 10 is a monotone function of a weight's |w| rank within
+# its layer, so it keeps the same N (magnitude ties go by index for all, lower removed first). A data-aware
+# criterion (a per-weight score) adds a line here, or calls `dimap.pruning.patterns.pattern_masks` itself.
+NM_CRITERIA = {"dimap": (dimap_scores, "module"), "single_module": (dimap_scores, "global"),
+               "uniform": (_magnitude, "module"), "global_magnitude": (_magnitude, "global")}
+
+
+def check_allocation(allocation: str, method: str) -> str:
+    """prune.nm_allocation, with auto resolved to the criterion's own grouping (per module, or all layers)."""
+    allocation = str(allocation)
+    if allocation == "auto":
+        return NM_CRITERIA[method][1]
+    if allocation not in ("module", "global", "first"):
+        raise UserError(f"prune.nm_allocation={allocation!r} is unknown: use one of auto, module, global, first")
+    return allocation
+
+
+def check_pattern(prune: dict, method: str, ratio: float, shares: dict | None) -> dict:
+    """prune.pattern / nm_allocation / semi_structured of a run, checked before anything is written:
+    {pattern: "unstructured" | "N:M", nm: (N, M) | None, allocation, semi_structured}."""
+    nm = parse_pattern(prune.get("pattern", "unstructured"))
+    semi = prune.get("semi_structured", False)
+    if not isinstance(semi, bool):
+        raise UserError(f"prune.semi_structured={semi!r} must be true or false")
+    if nm is None:
+        if semi:
+            raise UserError("prune.semi_structured=true needs 2:4 layers: pass prune.pattern=2:4 as well")
+        return {"pattern": "unstructured", "nm": None, "allocation": None, "semi_structured": False}
+    if semi and nm != (2, 4):
+        raise UserError(f"prune.semi_structured=true runs 2:4 kernels, not {nm[0]}:{nm[1]}: pass prune.pattern=2:4")
+    if method in NM_CRITERIA:
+        check_nm_ratio({f"prune.module_ratios.{k}": v for k, v in shares.items()} if shares else {"prune.ratio": ratio},
+                       *nm)
+    allocation = check_allocation(prune.get("nm_allocation", "auto"), method) if method in NM_CRITERIA else None
+    return {"pattern": f"{nm[0]}:{nm[1]}", "nm": nm, "allocation": allocation, "semi_structured": semi}
+
+
 @torch.no_grad()
-def compute_masks(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None
+def compute_masks(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None,
+                  pattern: str = "unstructured", allocation: str = "auto", record: dict | None = None
                   ) -> dict[str, torch.Tensor]:
     """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data.
 
     `module_ratios` ({"QKV-M": 0.5, ...}) removes a different share from each module (modules it does not name
     keep `ratio`); only for criteria that rank each module, or each layer, on its own (dimap, uniform).
+    `pattern` "N:M" (e.g. "2:4"): every layer dense or exactly N:M (`dimap.pruning.patterns.pattern_masks`),
+    the N:M layers chosen by `allocation` (auto: per module for dimap/uniform, over all layers for the one-group
+    criteria); `record`, a dict, receives which layers are N:M, dense and ineligible.
     """
     criterion = check_method(method)
     ratio = check_ratio(ratio)
     shares = check_module_ratios(module_ratios, ratio)
+    nm = parse_pattern(pattern)
     weights = prunable_weights(model)
-    masks = criterion(weights, shares if shares is not None else ratio)
-    return {n: masks[n] for n in weights}  # network order, whatever order the criterion grouped them in
+    if nm is None:
+        masks = criterion(weights, shares if shares is not None else ratio)
+        return {n: masks[n] for n in weights}  # network order, whatever order the criterion grouped them in
+    check_nm_ratio({f"prune.module_ratios.{k}": v for k, v in shares.items()} if shares else {"prune.ratio": ratio},
+                   *nm)
+    allocation = check_allocation(allocation, method)
+    cost = _LazyScores(weights, NM_CRITERIA[method][0])
+    rank = {n: _magnitude(w) for n, w in weights.items()}
+    masks, rec = pattern_masks(rank, weights.module, *nm, shares if shares is not None else ratio, allocation, cost)
+    if record is not None:
+        record.update(rec)
+    return masks
 
 
 @torch.no_grad()

@@ -29,8 +29,9 @@ def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_dir: str |
         seen.add(v.untyped_storage().data_ptr())
         state[k] = v
     metadata = {"dimap": json.dumps(meta, default=str)}
+    mask_md = {"pattern": str(meta.get("pattern", "unstructured"))}  # "2:4": every layer dense or exactly 2:4
     for fname, tensors, md in (("model.safetensors", state, metadata),
-                               ("masks.safetensors", {k: v.cpu().contiguous() for k, v in masks.items()}, None)):
+                               ("masks.safetensors", {k: v.cpu().contiguous() for k, v in masks.items()}, mask_md)):
         tmp = out_dir / (fname + ".tmp")
         save_file(tensors, str(tmp), metadata=md)
         tmp.replace(out_dir / fname)
