@@ -29,7 +29,7 @@ from dimap.pruning.modules import modules_of
 from dimap.pruning.removal_count import n_removed
 from dimap.pruning.scores import dimap_scores, magnitude_scores, on_numpy, sorted_dimap_scores, sorted_magnitudes
 
-__all__ = ["CRITERIA", "masks_for_ratio", "n_removed", "dimap", "single_module", "uniform", "global_magnitude",
+__all__ = ["CRITERIA", "masks_for_ratio", "per_row_masks", "n_removed", "dimap", "single_module", "uniform", "global_magnitude",
            "dimap_scores", "magnitude_scores"]
 
 
@@ -112,6 +112,16 @@ def masks_for_ratio(scores: dict[str, torch.Tensor], groups: list[list[str]], ra
         keep = _lowest_removed([_array(scores[n]) for n in names], ratio)
         masks.update({n: _tensor(m, scores[n]) for n, m in zip(names, keep)})
     return masks
+
+
+def per_row_masks(score: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Each output row of a (rows, columns) score matrix loses exactly n_removed(columns, ratio) of its
+    lowest-scoring entries (Wanda's comparison group); ties go by column, the lower index removed first."""
+    k = n_removed(score.shape[1], ratio)
+    keep = torch.ones(score.shape, dtype=torch.bool, device=score.device)
+    if k:
+        keep.scatter_(1, torch.argsort(score, dim=1, stable=True)[:, :k], False)
+    return keep
 
 
 def _magnitude_masks(weights: dict[str, torch.Tensor], groups: list[list[str]], ratio: float):

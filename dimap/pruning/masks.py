@@ -11,6 +11,14 @@ from torch import nn
 from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map, prunable_weights
+from dimap.pruning.sparsegpt import sparsegpt
+from dimap.pruning.wanda import wanda, wanda_module
+
+# Data-aware criteria (docs/baselines.md): criterion(weights, ratio, *, model, batches, **options), where
+# `batches()` gives a fresh iterator over the calibration images on the model's device. `options` are the
+# method's own settings (METHOD_OPTIONS: the prune.* keys passed through).
+DATA_AWARE = {f.__name__: f for f in (wanda, wanda_module, sparsegpt)}
+METHOD_OPTIONS = {"sparsegpt": ("blocksize", "percdamp")}
 
 
 def check_ratio(ratio) -> float:
@@ -20,9 +28,19 @@ def check_ratio(ratio) -> float:
 
 
 def check_method(method: str):
-    if method not in CRITERIA:
-        raise UserError(f"prune.method={method!r} is unknown: use one of {', '.join(CRITERIA)}")
-    return CRITERIA[method]
+    if method not in CRITERIA and method not in DATA_AWARE:
+        raise UserError(f"prune.method={method!r} is unknown: use one of {', '.join([*CRITERIA, *DATA_AWARE])}")
+    return CRITERIA.get(method) or DATA_AWARE[method]
+
+
+def needs_calibration(method: str) -> bool:
+    """Whether `method` scores weights from calibration images (Wanda, SparseGPT) rather than from weights alone."""
+    return method in DATA_AWARE
+
+
+def method_options(method: str, prune_cfg: dict) -> dict:
+    """The settings of `method` found in the prune config (e.g. prune.blocksize for sparsegpt)."""
+    return {k: prune_cfg[k] for k in METHOD_OPTIONS.get(method, ()) if prune_cfg.get(k) is not None}
 
 
 def check_module_ratios(module_ratios, ratio: float) -> dict[str, float] | None:
@@ -40,18 +58,29 @@ def check_module_ratios(module_ratios, ratio: float) -> dict[str, float] | None:
 
 
 @torch.no_grad()
-def compute_masks(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data.
+def compute_masks(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None,
+                  calibration=None, options: dict | None = None) -> dict[str, torch.Tensor]:
+    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept).
 
     `module_ratios` ({"QKV-M": 0.5, ...}) removes a different share from each module (modules it does not name
-    keep `ratio`); only for criteria that rank each module, or each layer, on its own (dimap, uniform).
+    keep `ratio`); only for criteria that rank each module, or each layer, on its own (all but single_module
+    and global_magnitude). The data-free criteria use no data. The data-aware ones (DATA_AWARE) need
+    `calibration` (`dimap.pruning.calibration.Calibration`), run on the device `model` is on, and take
+    `options` (METHOD_OPTIONS); sparsegpt also UPDATES the kept weights of `model` in place.
     """
     criterion = check_method(method)
     ratio = check_ratio(ratio)
     shares = check_module_ratios(module_ratios, ratio)
     weights = prunable_weights(model)
-    masks = criterion(weights, shares if shares is not None else ratio)
+    if method in DATA_AWARE:
+        if calibration is None:
+            raise UserError(f"prune.method={method} needs calibration images: give the run a data group "
+                            "(e.g. data=mnist5k, or data=imagenet data.root=/path/to/imagenet)")
+        device = next(iter(weights.values())).device
+        masks = criterion(weights, shares if shares is not None else ratio, model=model,
+                          batches=lambda: calibration.batches(device), **(options or {}))
+    else:
+        masks = criterion(weights, shares if shares is not None else ratio)
     return {n: masks[n] for n in weights}  # network order, whatever order the criterion grouped them in
 
 

@@ -1,0 +1,43 @@
+"""Calibration images of a run (prune.py and train.py alike): the data config's training split through the
+evaluation transform, drawn as prune.calibration says (dimap.pruning.calibration)."""
+import os
+
+
+from dimap.errors import UserError
+from dimap.pruning.calibration import Calibration, check_calibration_config, draw_calibration
+from dimap.training.data import MNISTSubset, _image_folder, _imagenet, _mnist5k
+
+
+def calibration_dataset(data):
+    """The TRAINING split of the data config `data` seen through the EVALUATION transform (no augmentation): where
+    the data-aware pruning criteria draw their calibration images (dimap.pruning.calibration)."""
+    name = data.get("name")
+    if name == "mnist5k":
+        train, val, _ = _mnist5k(data)
+        return MNISTSubset(train.images, train.labels, train.indices, val.mean.view(-1).tolist(),
+                           val.std.view(-1).tolist(), val.in_chans, train=False)
+    if name == "imagenet":
+        root = data.get("root")
+        if not root or not os.path.isdir(os.path.join(str(root), "train")):
+            raise UserError(f"calibration images come from the training split, and data.root={root} has no train/ "
+                            "folder: pass data.root=PATH to an ImageNet folder with train/ (or use a data-free "
+                            "prune.method)")
+        _, val, _ = _imagenet(data, train_split=False)
+        return _image_folder(os.path.join(str(root), "train"), val.transform, int(data.get("max_bad_images", 0)))
+    raise UserError(f"data.name={name} is unknown: pass data=imagenet or data=mnist5k.")
+
+
+def calibration_for_run(config: dict, method: str) -> Calibration:
+    """The calibration images of a run whose prune.method is the data-aware `method`: one sentence naming the fix
+    when the run has no data group, or data whose images the model cannot take."""
+    data, model = config.get("data"), config["model"]
+    if not data:
+        raise UserError(f"prune.method={method} needs calibration images from a training split: add a data group, "
+                        "e.g. data=mnist5k, or data=imagenet data.root=/path/to/imagenet")
+    shape = (data.get("in_chans"), data.get("img_size"))
+    if shape != (model.get("in_chans"), model.get("img_size")):
+        raise UserError(f"data={data.get('name')} gives {shape[0]}-channel {shape[1]}px images and model="
+                        f"{model.get('short')} takes {model.get('in_chans')}-channel {model.get('img_size')}px ones: "
+                        "pick the matching model and data")
+    cal = check_calibration_config((config.get("prune") or {}).get("calibration"))
+    return draw_calibration(calibration_dataset(data), cal["images"], cal["seed"], cal["batch_size"])
