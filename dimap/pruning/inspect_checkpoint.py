@@ -5,6 +5,8 @@ The authors' files are official Swin checkpoints (`{'model': state_dict}`, downs
 `head.` not `head.fc.`) with pruned weights stored as zeros. They load through timm's checkpoint filter like
 any dense file, so the masks are read from the loaded model and keyed by timm parameter names.
 """
+import time
+
 import torch
 from torch import nn
 
@@ -99,14 +101,16 @@ def inspect_checkpoint(model_cfg: dict, compare_dense: str | None = None, compar
 ALREADY_PRUNED = 0.01
 
 
-def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None):
+def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None, calibration=None,
+                  options: dict | None = None):
     """The masks a training or evaluation run applies to `model` (dense weights loaded), and what they are.
 
     At ratio 0 (and no module_ratios) or with method "none" nothing is pruned here: the masks are the weights'
     own zeros, as prune=none reads them, so an already pruned file (the authors' DIMAP checkpoints) is evaluated,
     or finetuned, as the pruned model it is, and recorded as method "none" with ratio = its measured removed share
-    (0 for dense weights), never as "dimap, ratio 0". Otherwise `method`'s masks at `ratio`.
-    Returns (masks, record) with record = {method, ratio, masks_from, weights_zero_share, weights_already_pruned}.
+    (0 for dense weights), never as "dimap, ratio 0". Otherwise `method`'s masks at `ratio` (data-aware methods:
+    from `calibration`, with `options`; compute_masks). Returns (masks, record) with record = {method, ratio,
+    masks_from, weights_zero_share, weights_already_pruned, prune_time_s}.
     """
     zeros = checkpoint_masks(model)
     n = sum(m.numel() for m in zeros.values())
@@ -114,7 +118,9 @@ def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: di
     record = {"weights_zero_share": zero_share, "weights_already_pruned": zero_share >= ALREADY_PRUNED}
     if method == "none" or (ratio == 0 and not module_ratios):
         return zeros, {"method": "none", "ratio": zero_share, "masks_from": "zeros of model.weights", **record}
-    masks = compute_masks(model, method, ratio, module_ratios)
+    t0 = time.perf_counter()
+    masks = compute_masks(model, method, ratio, module_ratios, calibration=calibration, options=options)
+    record["prune_time_s"] = round(time.perf_counter() - t0, 3)
     if module_ratios:  # the share removed over all modules, as measured
         ratio = sum(int((~m).sum()) for m in masks.values()) / n
     return masks, {"method": method, "ratio": ratio, "masks_from": method, "module_ratios": module_ratios, **record}

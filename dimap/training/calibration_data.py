@@ -2,9 +2,14 @@
 evaluation transform, drawn as prune.calibration says (dimap.pruning.calibration)."""
 import os
 
+import torch
 
 from dimap.errors import UserError
 from dimap.pruning.calibration import Calibration, check_calibration_config, draw_calibration
+from dimap.pruning.inspect_checkpoint import masks_for_run
+from dimap.pruning.masks import method_options, needs_calibration
+from dimap.pruning.modules import prunable_weights
+from dimap.training.distributed import is_main, on_main_shared
 from dimap.training.data import MNISTSubset, _image_folder, _imagenet, _mnist5k
 
 
@@ -41,3 +46,25 @@ def calibration_for_run(config: dict, method: str) -> Calibration:
                         "pick the matching model and data")
     cal = check_calibration_config((config.get("prune") or {}).get("calibration"))
     return draw_calibration(calibration_dataset(data), cal["images"], cal["seed"], cal["batch_size"])
+
+
+def masks_for_training_run(model, config: dict, method: str, ratio: float, module_ratios: dict | None = None):
+    """`masks_for_run` for train.py. A data-aware method runs once, on rank 0, and every rank receives its masks,
+    its record (with the calibration images' count and seed) and, for sparsegpt, the updated prunable weights:
+    float sums in another order on another rank could flip a near-tie, and every rank must finetune the same model."""
+    if not needs_calibration(method):
+        return masks_for_run(model, method, ratio, module_ratios)
+
+    def compute():
+        cal = calibration_for_run(config, method)
+        masks, record = masks_for_run(model, method, ratio, module_ratios, calibration=cal,
+                                      options=method_options(method, config["prune"]))
+        weights = {n: w.detach().clone() for n, w in prunable_weights(model).items()} if method == "sparsegpt" else {}
+        return masks, {**record, "calibration": cal.record()}, weights
+
+    masks, record, weights = on_main_shared(compute)
+    if weights and not is_main():
+        with torch.no_grad():
+            for n, w in prunable_weights(model).items():
+                w.copy_(weights[n])
+    return masks, record
