@@ -45,17 +45,18 @@ def wanda_score_tensors(weights, model, batches) -> dict[str, torch.Tensor]:
     return {n: wanda_scores(w, norms[n]) for n, w in weights.items()}
 
 
-def wanda(weights, ratio, *, model, batches):
+def wanda(weights, ratio, *, model, batches, scores=None):
     """Wanda: |W| * ||X||_2, every output row of every layer loses the same share (its module's share with
-    prune.module_ratios)."""
-    scores = wanda_score_tensors(weights, model, batches)
+    prune.module_ratios). `scores`: `wanda_score_tensors` computed before (they do not depend on the ratio)."""
+    scores = scores if scores is not None else wanda_score_tensors(weights, model, batches)
     return {n: per_row_masks(s, _share(ratio, weights.module[n])).cpu() for n, s in scores.items()}
 
 
-def wanda_module(weights, ratio, *, model, batches):
+def wanda_module(weights, ratio, *, model, batches, scores=None):
     """Module-aware Wanda: |W| * ||X||_2 ranked within each module (QKV-M, PRJ-M, MLP-M) under one threshold,
     exactly n_removed of each module's weights, ties by position (as DIMAP's Eq. 10 ranking)."""
-    scores = {n: s.cpu() for n, s in wanda_score_tensors(weights, model, batches).items()}
+    scores = scores if scores is not None else wanda_score_tensors(weights, model, batches)
+    scores = {n: s.cpu() for n, s in scores.items()}
     masks = {}
     for module, names in modules_of(weights).items():
         masks.update(masks_for_ratio(scores, [names], _share(ratio, module)))
