@@ -108,7 +108,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
             results.update(dense_top1=ev["top1"], dense_top5=ev["top5"])
         # On the CPU, as prune.py: a GPU's cumsum can flip near-ties, giving the same weights two checksums.
-        masks, p = masks_for_training_run(model.cpu(), config, method, ratio, module_ratios)
+        masks, p = masks_for_training_run(model.cpu(), config, method, ratio, module_ratios, device)
         results["pruning"] = p
         if p["weights_already_pruned"]:
             log(f"model.weights is already pruned ({100 * p['weights_zero_share']:.1f}% of its prunable weights are "

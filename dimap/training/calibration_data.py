@@ -48,17 +48,23 @@ def calibration_for_run(config: dict, method: str) -> Calibration:
     return draw_calibration(calibration_dataset(data), cal["images"], cal["seed"], cal["batch_size"])
 
 
-def masks_for_training_run(model, config: dict, method: str, ratio: float, module_ratios: dict | None = None):
-    """`masks_for_run` for train.py. A data-aware method runs once, on rank 0, and every rank receives its masks,
-    its record (with the calibration images' count and seed) and, for sparsegpt, the updated prunable weights:
-    float sums in another order on another rank could flip a near-tie, and every rank must finetune the same model."""
+def masks_for_training_run(model, config: dict, method: str, ratio: float, module_ratios: dict | None = None,
+                           device: torch.device | str = "cpu"):
+    """`masks_for_run` for train.py, `model` on the CPU. A data-aware method runs once, on rank 0 and on `device`
+    (its forward passes and Hessians are a GPU's job), and every rank receives its masks, its record (with the
+    calibration images' count and seed) and, for sparsegpt, the updated prunable weights: float sums in another
+    order on another rank could flip a near-tie, and every rank must finetune the same model."""
     if not needs_calibration(method):
         return masks_for_run(model, method, ratio, module_ratios)
 
     def compute():
         cal = calibration_for_run(config, method)
-        masks, record = masks_for_run(model, method, ratio, module_ratios, calibration=cal,
-                                      options=method_options(method, config["prune"]))
+        try:
+            masks, record = masks_for_run(model.to(device), method, ratio, module_ratios, calibration=cal,
+                                          options=method_options(method, config["prune"]))
+        finally:
+            model.cpu()
+        masks = {n: m.cpu() for n, m in masks.items()}
         weights = {n: w.detach().clone() for n, w in prunable_weights(model).items()} if method == "sparsegpt" else {}
         return masks, {**record, "calibration": cal.record()}, weights
 
