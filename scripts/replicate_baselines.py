@@ -139,20 +139,42 @@ def prune_seconds(rows) -> str:
     lines = ["", "## Seconds to prune (median over every row of the criterion, [min, max])", "",
              "| criterion | median s | min | max |", "|---|---|---|---|"]
     for m in CRITERIA:
-        t = sorted(r["prune_s"] for r in rows if r["criterion"] == m and r["finetuned"] == "no")
+        t = sorted(r["prune_s"] for r in rows if r["criterion"] == m and r["finetuned"] == "no"
+                   and not r.get("source") and r.get("prune_s") is not None)
         if t:
             lines.append(f"| {m} | {t[len(t) // 2]:.2f} | {t[0]:.2f} | {t[-1]:.2f} |")
     return "\n".join(lines) + "\n"
 
 
+def beside(rows, denses, path: Path) -> list[dict]:
+    """The finetuned DIMAP and magnitude rows of the main replication (`path`, scripts/replicate_demo.py's
+    rows.json) for the seeds whose dense model is the very same file as ours (same cache name); none otherwise."""
+    if not path.is_file() or not denses:
+        return []
+    other = json.loads(path.read_text())
+    same = {d["seed"] for d in other.get("dense", []) for mine in denses
+            if d["seed"] == mine["seed"] and Path(d["cache"]).name == mine["cache"]}
+    have = {(r["criterion"], r["seed"], r["ratio"], r["finetuned"]) for r in rows}
+    return [{**r, "source": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name}
+            for r in other["rows"] if r["table"] == "table4" and r["criterion"] in DATA_FREE and r["seed"] in same
+            and (r["criterion"], r["seed"], r["ratio"], r["finetuned"]) not in have]
+
+
 def write(out: Path, rows, denses, skipped, meta) -> None:
+    source = Path(meta["args"].get("beside") or "")
+    rows = rows + beside(rows, denses, source if source.is_absolute() else ROOT / source)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "rows.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=(*FIELDS, "prune_s", "calibration_images"), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     (out / "rows.json").write_text(json.dumps({**meta, "dense": denses, "rows": rows}, indent=1) + "\n")
-    (out / "summary.md").write_text(summary_markdown(rows, denses, skipped, CRITERIA) + prune_seconds(rows))
+    borrowed = sorted({(r["criterion"], r["source"]) for r in rows if r.get("source")})
+    note = ("\n".join(f"\nTable 4's {c} rows: from `{src}` (the same dense models)." for c, src in borrowed)
+            or "\nTable 4 holds only the data-aware rows run here: DIMAP's and magnitude's finetuned rows come from "
+               "the main replication (--beside) only when its dense models are the same files, which they are not "
+               "for the seeds above.") + "\n"
+    (out / "summary.md").write_text(summary_markdown(rows, denses, skipped, CRITERIA) + prune_seconds(rows) + note)
     plot(rows, denses, out / "replication.png", CRITERIA)
 
 
@@ -176,8 +198,20 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "demo" / "baselines")
     p.add_argument("--cache-dir", default=os.environ.get("DIMAP_CACHE", str(ROOT / ".cache" / "dimap")))
     p.add_argument("--threads", type=int)
+    p.add_argument("--beside", type=Path, default=ROOT / "results" / "demo" / "rows.json",
+                   help="the main replication's rows.json: its finetuned dimap/magnitude rows join Table 4 when its "
+                        "dense models are ours")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite summary.md, rows.csv and the plot from --out/rows.json (e.g. after --beside changed)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    if args.report_only:
+        done = json.loads((args.out / "rows.json").read_text())
+        rows = [r for r in done["rows"] if not r.get("source")]
+        meta = {k: v for k, v in done.items() if k not in ("dense", "rows")}
+        meta["args"]["beside"] = str(args.beside)
+        write(args.out, rows, done["dense"], meta.get("skipped_shares_pct", []), meta)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,7 +229,8 @@ def main(argv=None) -> None:
                 "seed_in_progress": None if final else dense["seed"], "seeds_asked": args.seeds,
                 "args": {k: str(v.relative_to(ROOT)) if isinstance(v, Path) and v.is_relative_to(ROOT) else
                          (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cache_dir"},
-                "ratio_mapping": "r = share_removed_pct / 100 * params_total / prunable_weights"}
+                "ratio_mapping": "r = share_removed_pct / 100 * params_total / prunable_weights",
+                "skipped_shares_pct": skipped}
         write(args.out, done, all_dense, skipped, meta)
 
     for seed in args.seeds:
