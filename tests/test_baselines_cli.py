@@ -102,3 +102,21 @@ def test_train_finetunes_from_the_data_aware_masks(tmp_path, method):
     if method == "wanda":
         assert all((~m).sum(1).eq(n_removed(m.shape[1], 0.6)).all() for m in masks.values())
     assert all(not sd[n][~m].any() for n, m in masks.items())  # finetuned with the mask held
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_the_documented_command_with_default_calibration(tmp_path, method):
+    """`python prune.py model=swin_nano prune=METHOD prune.ratio=0.5 data=mnist5k`, as docs/baselines.md shows it:
+    all 4000 training images (4096 asked for), exact shares."""
+    r = prune_cli("model=swin_nano", f"prune={method}", "prune.ratio=0.5", "data=mnist5k", "plot=false",
+                  f"output_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert (s["calibration"]["images"], s["calibration"]["requested"]) == (4000, 4096)
+    masks = load_file(str(tmp_path / "masks.safetensors"))
+    for m in masks.values():
+        if method == "wanda":
+            assert ((~m).sum(1) == n_removed(m.shape[1], 0.5)).all()
+        assert int((~m).sum()) == (m.shape[0] * n_removed(m.shape[1], 0.5) if method == "wanda"
+                                   else n_removed(m.numel(), 0.5))
