@@ -58,7 +58,7 @@ def cache_path(config: dict, cache_dir: str) -> Path:
     return Path(cache_dir) / "pretrain" / f"{config['model']['short']}_{pretrain_key(config, 1)}.pt"
 
 
-def run_seed(seed, args, device, log, progress=lambda rows, dense: None):
+def run_seed(seed, args, device, log, progress=lambda rows, dense: None, previous=()):
     config = compose(seed, args)
     if not args.pretrain and not cache_path(config, args.cache_dir).is_file():
         log(f"seed {seed}: no dense model in {cache_path(config, args.cache_dir)}: skipped (--pretrain trains it)")
@@ -107,10 +107,14 @@ def run_seed(seed, args, device, log, progress=lambda rows, dense: None):
              "cache": Path(pre["cache"]).name, "cached": pre["cached"], "calibration": cal.record(),
              "wanda_norms_s": round(norms_s, 3), "config": shown, "params_total": params_total,
              "prunable_weights": prunable}
-    rows = []  # Table 4 first (the finetuned rows are the costly ones), then Table 3
-    for ratio in args.finetune_ratios:
+    rows = [r for r in previous if r["seed"] == seed]  # --resume: what an interrupted run already wrote
+    done = {(r["table"], r["criterion"], r["ratio"]) for r in rows}
+
+    def table4(ratio):
         share = round(100 * ratio * prunable / params_total, 2)
         for method in args.finetune_criteria:
+            if ("table4", method, round(ratio, 6)) in done:
+                continue
             masks, seconds = prune(method, ratio)
             ev = evaluate(model, val_loader, device, progress=False)
             rows.append(row("table4", method, share, ratio, masks, ev, seconds, False))
@@ -121,17 +125,28 @@ def run_seed(seed, args, device, log, progress=lambda rows, dense: None):
             rows.append(row("table4", method, share, ratio, masks, final, seconds, True, int(tc["epochs"])))
             log(f"seed {seed}, r={ratio}: {method} pruned {ev['top1']:.1f} -> finetuned {final['top1']:.1f}")
             progress(rows, dense)
-    for share in args.shares:
-        ratio = ratio_for_share(share, params_total, prunable)
-        if ratio is None:
-            continue
-        for method in args.criteria:
-            masks, seconds = prune(method, ratio)
-            ev = evaluate(model, val_loader, device, progress=False)
-            rows.append(row("table3", method, share, ratio, masks, ev, seconds, False))
-        progress(rows, dense)
-        log(f"seed {seed}, {share}% removed (r={ratio:.3f}): " +
-            ", ".join(f"{r['criterion']} {r['top1']:.1f} ({r['prune_s']:.1f} s)" for r in rows[-len(args.criteria):]))
+
+    def table3():
+        for share in args.shares:
+            ratio = ratio_for_share(share, params_total, prunable)
+            if ratio is None:
+                continue
+            for method in args.criteria:
+                if ("table3", method, round(ratio, 6)) in done:
+                    continue
+                masks, seconds = prune(method, ratio)
+                ev = evaluate(model, val_loader, device, progress=False)
+                rows.append(row("table3", method, share, ratio, masks, ev, seconds, False))
+            progress(rows, dense)
+            log(f"seed {seed}, {share}% removed (r={ratio:.3f}): " +
+                ", ".join(f"{r['criterion']} {r['top1']:.1f} ({r['prune_s']:.1f} s)" for r in rows[-len(args.criteria):]))
+
+    # the first Table 4 ratio, then Table 3, then the other ratios: an interrupted run has the informative rows
+    for ratio in args.finetune_ratios[:1]:
+        table4(ratio)
+    table3()
+    for ratio in args.finetune_ratios[1:]:
+        table4(ratio)
     return rows, dense
 
 
@@ -201,6 +216,7 @@ def main(argv=None) -> None:
     p.add_argument("--beside", type=Path, default=ROOT / "results" / "demo" / "rows.json",
                    help="the main replication's rows.json: its finetuned dimap/magnitude rows join Table 4 when its "
                         "dense models are ours")
+    p.add_argument("--resume", action="store_true", help="keep the rows --out/rows.json already holds, run the rest")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite summary.md, rows.csv and the plot from --out/rows.json (e.g. after --beside changed)")
     p.add_argument("overrides", nargs="*")
@@ -217,6 +233,9 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     t0, rows, denses = time.time(), [], []
+    previous = []
+    if args.resume and (args.out / "rows.json").is_file():
+        previous = [r for r in json.loads((args.out / "rows.json").read_text())["rows"] if not r.get("source")]
     argv_shown = sys.argv[1:] if argv is None else argv
     def progress(seed_rows, dense, final=False):
         done = rows + seed_rows
@@ -234,7 +253,7 @@ def main(argv=None) -> None:
         write(args.out, done, all_dense, skipped, meta)
 
     for seed in args.seeds:
-        result = run_seed(seed, args, device, log, progress)
+        result = run_seed(seed, args, device, log, progress, previous)
         if result is None:
             continue
         progress(*result, final=True)
