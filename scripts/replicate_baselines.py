@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -157,7 +158,7 @@ def prune_seconds(rows) -> str:
         t = sorted(r["prune_s"] for r in rows if r["criterion"] == m and r["finetuned"] == "no"
                    and not r.get("source") and r.get("prune_s") is not None)
         if t:
-            lines.append(f"| {m} | {t[len(t) // 2]:.2f} | {t[0]:.2f} | {t[-1]:.2f} |")
+            lines.append(f"| {m} | {statistics.median(t):.2f} | {t[0]:.2f} | {t[-1]:.2f} |")
     return "\n".join(lines) + "\n"
 
 
