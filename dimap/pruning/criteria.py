@@ -9,7 +9,8 @@ exactly n_removed(group size, ratio) of its lowest-scoring weights. `ratio` may 
 under its own threshold, uniform removes from every layer its module's share, and the one-group criteria
 (single_module, global_magnitude), which rank all modules together, refuse it. Ties go by position: earlier layer, then
 lower flat index, removed first. Adding a criterion is adding one function here, one line in CRITERIA and one
-file in conf/prune/.
+file in conf/prune/. Criteria that also need calibration images (Wanda, SparseGPT: docs/baselines.md) take the
+model and the images too; they live in their own files and are listed in `dimap.pruning.masks.DATA_AWARE`.
 
 The masks are bit for bit those of the straightforward implementation in `dimap.pruning.reference` (argsort every
 score of a group), computed without sorting a group or scattering scores back to positions:
