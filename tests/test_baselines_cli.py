@@ -120,3 +120,23 @@ def test_the_documented_command_with_default_calibration(tmp_path, method):
             assert ((~m).sum(1) == n_removed(m.shape[1], 0.5)).all()
         assert int((~m).sum()) == (m.shape[0] * n_removed(m.shape[1], 0.5) if method == "wanda"
                                    else n_removed(m.numel(), 0.5))
+
+
+@pytest.mark.slow
+def test_two_processes_prune_once_and_share(tmp_path):
+    """Under torchrun, rank 0 alone calibrates and prunes; every rank gets the same masks (train.py checks their
+    checksums) and finetunes from SparseGPT's updated weights."""
+    import os
+    from tests.test_train_cli import TINY
+    out = tmp_path / "run"
+    env = {**ENV, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "train.py"), *TINY, "prune=sparsegpt", "prune.ratio=0.5",
+                        "prune.calibration.images=12", "train.epochs=1", f"output_dir={out}",
+                        f"paths.cache_dir={tmp_path / 'cache'}"],
+                       cwd=tmp_path, env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["pruning"]["calibration"]["images"] == 12
+    assert f"masks identical on 2 rank(s): checksum {s['mask_checksum']}" in r.stdout
