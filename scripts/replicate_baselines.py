@@ -234,15 +234,18 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     t0, rows, denses = time.time(), [], []
-    previous = []
+    previous, earlier = [], []
     if args.resume and (args.out / "rows.json").is_file():
-        previous = [r for r in json.loads((args.out / "rows.json").read_text())["rows"] if not r.get("source")]
+        before = json.loads((args.out / "rows.json").read_text())
+        previous = [r for r in before["rows"] if not r.get("source")]
+        earlier = before.get("commands") or [before["command"]]  # the runs whose rows are kept
     argv_shown = sys.argv[1:] if argv is None else argv
     def progress(seed_rows, dense, final=False):
         done = rows + seed_rows
         all_dense = denses + [dense]
         skipped = [s for s in args.shares if ratio_for_share(s, dense["params_total"], dense["prunable_weights"]) is None]
-        meta = {"command": "python scripts/replicate_baselines.py " + " ".join(argv_shown),
+        command = "python scripts/replicate_baselines.py " + " ".join(argv_shown)
+        meta = {"command": command, "commands": earlier + [command],
                 "git_commit": git_commit(), "versions": versions(), "device": str(device),
                 "threads": torch.get_num_threads(), "wall_time_s": round(time.time() - t0, 1),
                 "seeds_done": [d["seed"] for d in denses] + ([dense["seed"]] if final else []),
