@@ -139,8 +139,9 @@ def run_seed(seed, args, device, log, progress=lambda rows, dense: None, previou
                 ev = evaluate(model, val_loader, device, progress=False)
                 rows.append(row("table3", method, share, ratio, masks, ev, seconds, False))
             progress(rows, dense)
-            log(f"seed {seed}, {share}% removed (r={ratio:.3f}): " +
-                ", ".join(f"{r['criterion']} {r['top1']:.1f} ({r['prune_s']:.1f} s)" for r in rows[-len(args.criteria):]))
+            log(f"seed {seed}, {share}% removed (r={ratio:.3f}): " + ", ".join(
+                f"{r['criterion']} {r['top1']:.1f} ({r['prune_s']:.1f} s)" for r in rows
+                if r["table"] == "table3" and r["ratio"] == round(ratio, 6)))
 
     # the first Table 4 ratio, then Table 3, then the other ratios: an interrupted run has the informative rows
     for ratio in args.finetune_ratios[:1]:
