@@ -244,7 +244,8 @@ def main(argv=None) -> None:
     def progress(seed_rows, dense, final=False):
         done = rows + seed_rows
         all_dense = denses + [dense]
-        skipped = [s for s in args.shares if ratio_for_share(s, dense["params_total"], dense["prunable_weights"]) is None]
+        skipped = [s for s in args.shares
+                   if ratio_for_share(s, dense["params_total"], dense["prunable_weights"]) is None]
         command = "python scripts/replicate_baselines.py " + " ".join(argv_shown)
         meta = {"command": command, "commands": earlier + [command],
                 "git_commit": git_commit(), "versions": versions(), "device": str(device),

@@ -30,7 +30,8 @@ from dimap.pruning.modules import modules_of
 from dimap.pruning.removal_count import n_removed
 from dimap.pruning.scores import dimap_scores, magnitude_scores, on_numpy, sorted_dimap_scores, sorted_magnitudes
 
-__all__ = ["CRITERIA", "masks_for_ratio", "per_row_masks", "n_removed", "dimap", "single_module", "uniform", "global_magnitude",
+__all__ = ["CRITERIA", "masks_for_ratio", "per_row_masks", "n_removed", "dimap", "single_module", "uniform",
+           "global_magnitude",
            "dimap_scores", "magnitude_scores"]
 
 
