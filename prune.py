@@ -1,7 +1,8 @@
-"""One-shot, data-free pruning of a dense Swin (or another supported timm vision transformer) with parameter and FLOP
-accounting.
+"""One-shot pruning of a dense Swin (or another supported timm vision transformer) with parameter and FLOP
+accounting: data-free (DIMAP and its baselines), or from calibration images (Wanda, SparseGPT: docs/baselines.md).
 
     python prune.py model=swin_b prune=dimap prune.ratio=0.55 output_dir=DIR
+    python prune.py model=swin_nano prune=wanda prune.ratio=0.5 data=mnist5k   # data-aware: needs a data group
 
 Writes DIR/summary.json, DIR/model.safetensors (+ masks.safetensors), DIR/kept_fraction.png, and prints a table.
 
@@ -12,6 +13,7 @@ prune.compare_dense=PATH also compares them with the masks prune.compare_method 
     python prune.py prune=none model=swin_t model.weights=PATH [prune.compare_dense=DENSE] output_dir=DIR
 """
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -22,7 +24,7 @@ from dimap.pruning.accounting import account
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.pruning.inspect_checkpoint import inspect_checkpoint
 from dimap.pruning.masks import (apply_masks, check_method, check_module_ratios, check_pattern, check_ratio,
-                                 compute_masks)
+                                 compute_masks, method_options, needs_calibration)
 from dimap.models import build_model
 from dimap.pruning.pruned_file import save_pruned
 from dimap.pruning.semi_structured import check_available, to_semi_structured
@@ -42,22 +44,31 @@ def run(cfg: DictConfig) -> dict:
     if pattern["semi_structured"]:
         check_available()
     check_output_dir(cfg.output_dir, config)  # all checks before anything is written
+    calibration = None
+    if needs_calibration(method):
+        from dimap.training.calibration_data import calibration_for_run
+        calibration = calibration_for_run(config, method)
 
     torch.manual_seed(cfg.seed)  # model.weights=random: the same weights, masks and sparse FLOPs on every run
     model = build_model(config["model"]).eval()
     nm_record = {}
+    t0 = time.perf_counter()
     masks = compute_masks(model, method, ratio, module_ratios, pattern["pattern"], pattern["allocation"] or "auto",
-                          record=nm_record)
+                          record=nm_record, calibration=calibration,
+                          options=method_options(method, config["prune"]))
+    prune_time_s = time.perf_counter() - t0
     apply_masks(model, masks)
     acc = account(model, masks, cfg.model.img_size, cfg.model.in_chans, pattern=pattern["nm"])
     if module_ratios:  # the summary's ratio is then the share removed over all modules, as measured
         ratio = acc["prunable_removed_fraction"]
     extra = {"nm": dict(nm_record, ratio_asked=ratio, ratio_achieved=acc["prunable_removed_fraction"])} \
         if pattern["nm"] else {}
+    if calibration is not None:
+        extra["calibration"] = calibration.record()
     if pattern["semi_structured"]:
         extra["semi_structured"] = semi_structured_check(model, masks, cfg.model.img_size, cfg.model.in_chans)
     summary = prune_summary(config["model"], method, ratio, acc, module_ratios=module_ratios, config=config,
-                            pattern=pattern["pattern"], **extra)
+                            pattern=pattern["pattern"], prune_time_s=round(prune_time_s, 3), **extra)
 
     meta = {"model": cfg.model.name, "kwargs": config["model"]["kwargs"], "method": method, "ratio": ratio,
             "pattern": pattern["pattern"], "weights": str(cfg.model.weights), "git_commit": summary["git_commit"]}

@@ -33,7 +33,7 @@ from dimap.training.distributed import (all_gather_object, cleanup, env_from_sub
 from dimap.training.engine import evaluate
 from dimap.errors import UserError, check_config_groups, exit_on_user_error
 from dimap.training.finetune import check_masks, finetune
-from dimap.pruning.inspect_checkpoint import masks_for_run
+from dimap.training.calibration_data import masks_for_training_run
 from dimap.pruning.masks import apply_masks, check_method, check_module_ratios, check_pattern, check_ratio
 from dimap.models import build_model
 from dimap.training.pretrain import pretrain_dense
@@ -119,8 +119,8 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict | None:
             ev = validate(model, val_loader, device, dtype, main, "eval dense")
             results.update(dense_top1=ev["top1"], dense_top5=ev["top5"])
         # On the CPU, as prune.py: a GPU's cumsum can flip near-ties, giving the same weights two checksums.
-        masks, p = masks_for_run(model.cpu(), method, ratio, module_ratios, pattern["pattern"],
-                                 pattern["allocation"] or "auto")
+        masks, p = masks_for_training_run(model.cpu(), config, method, ratio, module_ratios, device,
+                                          pattern["pattern"], pattern["allocation"] or "auto")
         results["pruning"] = p
         if p["weights_already_pruned"]:
             log(f"model.weights is already pruned ({100 * p['weights_zero_share']:.1f}% of its prunable weights are "

@@ -4,7 +4,8 @@
     python scripts/make_tables.py --wandb [logger.project=dimap logger.mode=offline ...]   # conf/tables.yaml
 
 Reads every summary.json under --runs (written by prune.py or train.py) and the paper's numbers from
---paper/table{1,3,4}.csv, and writes table{1,3,4}.{md,tex} to --out. Each row is an experiment file
+--paper/table{1,3,4}.csv, and writes table{1,3,4}.{md,tex} to --out, with baselines.{md,tex} (beyond the paper:
+DIMAP beside Wanda and SparseGPT, scripts/table_baselines.py). Each row is an experiment file
 (conf/experiment/tableN/ROW.yaml); which run may fill its cells is decided by scripts/table_runs.py: only the
 row's own run (its whole recipe, pretrained weights, never an inspection) gives accuracy, the newest such run
 wins, and every refused candidate is named in the notes. Paper columns only ever hold the paper's numbers, ours
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # dimap, for --wandb and overrides, without pip install -e
 from table_runs import find_run, load_runs, recipe, row_of  # noqa: E402
+from table_baselines import NOTES as BASELINE_NOTES, TITLE as BASELINE_TITLE, table_baselines  # noqa: E402
 
 MODELS = ("swin_t", "swin_s", "swin_b")
 NAMES = {"swin_t": "Swin-T", "swin_s": "Swin-S", "swin_b": "Swin-B"}
@@ -236,6 +238,8 @@ def build_tables(runs_dir: Path, paper_dir: Path) -> tuple[dict, int]:
         headers, rows, sources = build(runs, read_csv(paper_dir / f"{name}.csv"))
         tables[name] = (TITLES[name], headers, rows, COMMON_NOTES + EXTRA_NOTES.get(name, []) +
                         [("Sources of our columns:", sources)])
+    headers, rows, sources = table_baselines(runs)  # beyond the paper: no paper columns
+    tables["baselines"] = (BASELINE_TITLE, headers, rows, BASELINE_NOTES + [("Sources:", sources)])
     return tables, len(runs)
 
 
@@ -252,7 +256,7 @@ def main(argv=None) -> None:
     for name, (title, headers, rows, notes) in tables.items():
         (args.out / f"{name}.md").write_text(to_markdown(title, headers, rows, notes))
         (args.out / f"{name}.tex").write_text(to_latex(title, headers, rows, notes))
-    print(f"wrote table1, table3, table4 (.md, .tex) to {args.out} from {n_runs} runs under {args.runs}")
+    print(f"wrote {', '.join(tables)} (.md, .tex) to {args.out} from {n_runs} runs under {args.runs}")
     if args.wandb:
         from tables_wandb import log_tables
         print(f"logged the tables to wandb run {log_tables(tables, args.overrides, n_runs)}")

@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 
 CRITERIA = ("uniform", "dimap", "single_module", "global_magnitude")
-COLORS = {"dimap": "tab:red", "single_module": "tab:orange", "global_magnitude": "tab:blue", "uniform": "tab:gray"}
-MARKERS = {"dimap": "o", "single_module": "^", "global_magnitude": "v", "uniform": "s"}
+COLORS = {"dimap": "tab:red", "single_module": "tab:orange", "global_magnitude": "tab:blue", "uniform": "tab:gray",
+          "wanda": "tab:green", "wanda_module": "tab:olive", "sparsegpt": "tab:purple"}
+MARKERS = {"dimap": "o", "single_module": "^", "global_magnitude": "v", "uniform": "s", "wanda": "D",
+           "wanda_module": "d", "sparsegpt": "P"}
 
 
 def spread(values: list[float]) -> str:
@@ -22,7 +24,7 @@ def pick(rows, **want) -> list[dict]:
     return [r for r in rows if all(r[k] == v for k, v in want.items())]
 
 
-def summary_markdown(rows: list[dict], denses: list[dict], skipped: list[float]) -> str:
+def summary_markdown(rows: list[dict], denses: list[dict], skipped: list[float], criteria=CRITERIA) -> str:
     seeds = sorted({d["seed"] for d in denses})
     n_val = denses[0]["config"]["data"].get("val_size")
     model = denses[0]["config"]["model"]
@@ -37,7 +39,7 @@ def summary_markdown(rows: list[dict], denses: list[dict], skipped: list[float])
     t3 = pick(rows, table="table3")
     if not t3:
         lines.append("(no share reachable)")
-    methods = [m for m in CRITERIA if pick(t3, criterion=m)]
+    methods = [m for m in criteria if pick(t3, criterion=m)]
     has_pair = "dimap" in methods and "uniform" in methods
     head = ["% params removed", "r"] + methods + (["dimap − uniform (paired)"] if has_pair else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if t3 else []
@@ -58,7 +60,7 @@ def summary_markdown(rows: list[dict], denses: list[dict], skipped: list[float])
                   f"finetuned {max(r['finetune_epochs'] for r in t4)} epochs with the mask fixed", "",
                   "| criterion | pruned | finetuned | finetuned − dimap (paired) |", "|---|---|---|---|"]
         ref = {r["seed"]: r["top1"] for r in pick(t4, criterion="dimap", finetuned="yes")}
-        for m in [m for m in CRITERIA if pick(t4, criterion=m)]:
+        for m in [m for m in criteria if pick(t4, criterion=m)]:
             ft = {r["seed"]: r["top1"] for r in pick(t4, criterion=m, finetuned="yes")}
             diff = spread([ft[s] - ref[s] for s in seeds]) if ref and m != "dimap" else ""
             lines.append(f"| {m} | {spread([r['top1'] for r in pick(t4, criterion=m, finetuned='no')])} | "
@@ -73,7 +75,7 @@ def _band(ax, x, values: list[torch.Tensor], m: str, label=None) -> None:
     ax.fill_between(x, [v.min() for v in values], [v.max() for v in values], color=COLORS[m], alpha=0.15)
 
 
-def plot(rows: list[dict], denses: list[dict], path: Path) -> None:
+def plot(rows: list[dict], denses: list[dict], path: Path, criteria=CRITERIA) -> None:
     """Left: Table 3 accuracy, and each criterion minus uniform on the same dense model (paired, per seed).
     Right: one bar panel per Table 4 ratio, pruned (hatched) and finetuned (solid). Bands and bars: min-max."""
     import matplotlib
@@ -86,7 +88,7 @@ def plot(rows: list[dict], denses: list[dict], path: Path) -> None:
     fig = plt.figure(figsize=(13 if ratios else 8, 3.6 * n))
     grid = fig.add_gridspec(n, 2 if ratios else 1, width_ratios=[1.6, 1] if ratios else None)
     seeds = sorted({r["seed"] for r in rows})
-    methods = [m for m in CRITERIA if pick(t3, criterion=m)]
+    methods = [m for m in criteria if pick(t3, criterion=m)]
     shares = sorted({r["share_removed_pct"] for r in t3})
 
     def top1(rs, m, share):
@@ -112,7 +114,7 @@ def plot(rows: list[dict], denses: list[dict], path: Path) -> None:
     for i, ratio in enumerate(ratios):
         ax = fig.add_subplot(grid[i, 1])
         t4 = pick(rows, table="table4", ratio=ratio)
-        crits = [m for m in CRITERIA if pick(t4, criterion=m)]
+        crits = [m for m in criteria if pick(t4, criterion=m)]
         for k, m in enumerate(crits):
             for j, ft in enumerate(("no", "yes")):
                 a = torch.tensor([r["top1"] for r in pick(t4, criterion=m, finetuned=ft)], dtype=torch.float64)

@@ -92,6 +92,10 @@ def architecture_refusal(run: dict, want: dict) -> str | None:
         return f"pruned by {prune.get('method')} at r={prune.get('ratio')}"
     if prune.get("module_ratios"):
         return "pruned with prune.module_ratios"
+    # the data-aware methods' own settings (calibration images, SparseGPT's blocksize and dampening) shape the masks
+    if diff := [k for k in sorted(set(want["prune"]) - {"method", "ratio", "module_ratios"})
+                if prune.get(k) != want["prune"][k]]:
+        return f"other pruning settings (prune.{', prune.'.join(diff)})"
     if want["prune"]["ratio"] == 0 and "pruning" not in run and run.get("top1") is not None:
         return "recorded before evaluation runs said what they evaluated (a pruned file read as dense?): rerun it"
     return None

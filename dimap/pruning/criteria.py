@@ -9,7 +9,8 @@ exactly n_removed(group size, ratio) of its lowest-scoring weights. `ratio` may 
 under its own threshold, uniform removes from every layer its module's share, and the one-group criteria
 (single_module, global_magnitude), which rank all modules together, refuse it. Ties go by position: earlier layer, then
 lower flat index, removed first. Adding a criterion is adding one function here, one line in CRITERIA and one
-file in conf/prune/.
+file in conf/prune/. Criteria that also need calibration images (Wanda, SparseGPT: docs/baselines.md) take the
+model and the images too; they live in their own files and are listed in `dimap.pruning.masks.DATA_AWARE`.
 
 The masks are bit for bit those of the straightforward implementation in `dimap.pruning.reference` (argsort every
 score of a group), computed without sorting a group or scattering scores back to positions:
@@ -29,7 +30,8 @@ from dimap.pruning.modules import modules_of
 from dimap.pruning.removal_count import n_removed
 from dimap.pruning.scores import dimap_scores, magnitude_scores, on_numpy, sorted_dimap_scores, sorted_magnitudes
 
-__all__ = ["CRITERIA", "masks_for_ratio", "n_removed", "dimap", "single_module", "uniform", "global_magnitude",
+__all__ = ["CRITERIA", "masks_for_ratio", "per_row_masks", "n_removed", "dimap", "single_module", "uniform",
+           "global_magnitude",
            "dimap_scores", "magnitude_scores"]
 
 
@@ -112,6 +114,16 @@ def masks_for_ratio(scores: dict[str, torch.Tensor], groups: list[list[str]], ra
         keep = _lowest_removed([_array(scores[n]) for n in names], ratio)
         masks.update({n: _tensor(m, scores[n]) for n, m in zip(names, keep)})
     return masks
+
+
+def per_row_masks(score: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Each output row of a (rows, columns) score matrix loses exactly n_removed(columns, ratio) of its
+    lowest-scoring entries (Wanda's comparison group); ties go by column, the lower index removed first."""
+    k = n_removed(score.shape[1], ratio)
+    keep = torch.ones(score.shape, dtype=torch.bool, device=score.device)
+    if k:
+        keep.scatter_(1, torch.argsort(score, dim=1, stable=True)[:, :k], False)
+    return keep
 
 
 def _magnitude_masks(weights: dict[str, torch.Tensor], groups: list[list[str]], ratio: float):

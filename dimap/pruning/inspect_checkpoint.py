@@ -5,6 +5,8 @@ The authors' files are official Swin checkpoints (`{'model': state_dict}`, downs
 `head.` not `head.fc.`) with pruned weights stored as zeros. They load through timm's checkpoint filter like
 any dense file, so the masks are read from the loaded model and keyed by timm parameter names.
 """
+import time
+
 import torch
 from torch import nn
 
@@ -100,17 +102,19 @@ ALREADY_PRUNED = 0.01
 
 
 def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None,
-                  pattern: str = "unstructured", allocation: str = "auto"):
+                  pattern: str = "unstructured", allocation: str = "auto", calibration=None,
+                  options: dict | None = None):
     """The masks a training or evaluation run applies to `model` (dense weights loaded), and what they are.
 
     At ratio 0 (and no module_ratios) or with method "none" nothing is pruned here: the masks are the weights'
     own zeros, as prune=none reads them, so an already pruned file (the authors' DIMAP checkpoints) is evaluated,
     or finetuned, as the pruned model it is, and recorded as method "none" with ratio = its measured removed share
-    (0 for dense weights), never as "dimap, ratio 0". Otherwise `method`'s masks at `ratio`.
+    (0 for dense weights), never as "dimap, ratio 0". Otherwise `method`'s masks at `ratio` (data-aware methods:
+    from `calibration`, with `options`; compute_masks).
     `pattern` "N:M" (and `allocation`): see `compute_masks`; the record then also holds `nm` (which layers are
     N:M, dense, ineligible; the ratio asked and achieved).
     Returns (masks, record) with record = {method, ratio, pattern, masks_from, weights_zero_share,
-    weights_already_pruned}.
+    weights_already_pruned, prune_time_s}.
     """
     zeros = checkpoint_masks(model)
     n = sum(m.numel() for m in zeros.values())
@@ -120,7 +124,10 @@ def masks_for_run(model: nn.Module, method: str, ratio: float, module_ratios: di
         return zeros, {"method": "none", "ratio": zero_share, "pattern": "unstructured",
                        "masks_from": "zeros of model.weights", **record}
     nm = {}
-    masks = compute_masks(model, method, ratio, module_ratios, pattern, allocation, record=nm)
+    t0 = time.perf_counter()
+    masks = compute_masks(model, method, ratio, module_ratios, pattern, allocation, record=nm,
+                          calibration=calibration, options=options)
+    record["prune_time_s"] = round(time.perf_counter() - t0, 3)
     achieved = sum(int((~m).sum()) for m in masks.values()) / n
     if nm:
         record["nm"] = dict(nm, ratio_asked=ratio, ratio_achieved=achieved)

@@ -11,8 +11,16 @@ from torch import nn
 from dimap.pruning.criteria import CRITERIA
 from dimap.errors import UserError
 from dimap.pruning.modules import PRUNABLE_MODULES, module_map, prunable_weights
-from dimap.pruning.patterns import check_nm_ratio, parse_pattern, pattern_masks
+from dimap.pruning.patterns import check_nm_ratio, eligible, max_ratio, parse_pattern, pattern_masks
 from dimap.pruning.scores import dimap_scores
+from dimap.pruning.sparsegpt import sparsegpt
+from dimap.pruning.wanda import wanda, wanda_module, wanda_score_tensors
+
+# Data-aware criteria (docs/baselines.md): criterion(weights, ratio, *, model, batches, **options), where
+# `batches()` gives a fresh iterator over the calibration images on the model's device. `options` are the
+# method's own settings (METHOD_OPTIONS: the prune.* keys passed through).
+DATA_AWARE = {f.__name__: f for f in (wanda, wanda_module, sparsegpt)}
+METHOD_OPTIONS = {"sparsegpt": ("blocksize", "percdamp")}
 
 
 def check_ratio(ratio) -> float:
@@ -22,9 +30,19 @@ def check_ratio(ratio) -> float:
 
 
 def check_method(method: str):
-    if method not in CRITERIA:
-        raise UserError(f"prune.method={method!r} is unknown: use one of {', '.join(CRITERIA)}")
-    return CRITERIA[method]
+    if method not in CRITERIA and method not in DATA_AWARE:
+        raise UserError(f"prune.method={method!r} is unknown: use one of {', '.join([*CRITERIA, *DATA_AWARE])}")
+    return CRITERIA.get(method) or DATA_AWARE[method]
+
+
+def needs_calibration(method: str) -> bool:
+    """Whether `method` scores weights from calibration images (Wanda, SparseGPT) rather than from weights alone."""
+    return method in DATA_AWARE
+
+
+def method_options(method: str, prune_cfg: dict) -> dict:
+    """The settings of `method` found in the prune config (e.g. prune.blocksize for sparsegpt)."""
+    return {k: prune_cfg[k] for k in METHOD_OPTIONS.get(method, ()) if prune_cfg.get(k) is not None}
 
 
 def check_module_ratios(module_ratios, ratio: float) -> dict[str, float] | None:
@@ -61,7 +79,9 @@ def _magnitude(w: torch.Tensor) -> torch.Tensor:
 # its layer, so it keeps the same N (magnitude ties go by index for all, lower removed first). A data-aware
 # criterion (a per-weight score) adds a line here, or calls `dimap.pruning.patterns.pattern_masks` itself.
 NM_CRITERIA = {"dimap": (dimap_scores, "module"), "single_module": (dimap_scores, "global"),
-               "uniform": (_magnitude, "module"), "global_magnitude": (_magnitude, "global")}
+               "uniform": (_magnitude, "module"), "global_magnitude": (_magnitude, "global"),
+               # Wanda's score both ranks inside each group of M (Wanda's own N:M) and prices a layer's N:M loss
+               "wanda": (None, "global"), "wanda_module": (None, "module")}
 
 
 def check_allocation(allocation: str, method: str) -> str:
@@ -87,6 +107,10 @@ def check_pattern(prune: dict, method: str, ratio: float, shares: dict | None) -
         return {"pattern": "unstructured", "nm": None, "allocation": None, "semi_structured": False}
     if semi and nm != (2, 4):
         raise UserError(f"prune.semi_structured=true runs 2:4 kernels, not {nm[0]}:{nm[1]}: pass prune.pattern=2:4")
+    if method == "sparsegpt" and (shares or abs(ratio - max_ratio(*nm)) > 1e-12):
+        raise UserError(f"prune=sparsegpt with prune.pattern={nm[0]}:{nm[1]} makes every layer {nm[0]}:{nm[1]}: pass "
+                        f"prune.ratio={max_ratio(*nm):g} (and no prune.module_ratios), or use prune=dimap for a "
+                        "module-aware mix of dense and N:M layers")
     if method in NM_CRITERIA:
         check_nm_ratio({f"prune.module_ratios.{k}": v for k, v in shares.items()} if shares else {"prune.ratio": ratio},
                        *nm)
@@ -96,33 +120,74 @@ def check_pattern(prune: dict, method: str, ratio: float, shares: dict | None) -
 
 @torch.no_grad()
 def compute_masks(model: nn.Module, method: str, ratio: float, module_ratios: dict | None = None,
-                  pattern: str = "unstructured", allocation: str = "auto", record: dict | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept). Uses no data.
+                  pattern: str = "unstructured", allocation: str = "auto", record: dict | None = None,
+                  calibration=None, options: dict | None = None) -> dict[str, torch.Tensor]:
+    """Masks of `method` at `ratio` for every prunable weight of `model` (True = kept).
 
     `module_ratios` ({"QKV-M": 0.5, ...}) removes a different share from each module (modules it does not name
-    keep `ratio`); only for criteria that rank each module, or each layer, on its own (dimap, uniform).
+    keep `ratio`); only for criteria that rank each module, or each layer, on its own (all but single_module
+    and global_magnitude). The data-free criteria use no data. The data-aware ones (DATA_AWARE) need
+    `calibration` (`dimap.pruning.calibration.Calibration`), run on the device `model` is on, and take
+    `options` (METHOD_OPTIONS); sparsegpt also UPDATES the kept weights of `model` in place.
     `pattern` "N:M" (e.g. "2:4"): every layer dense or exactly N:M (`dimap.pruning.patterns.pattern_masks`),
-    the N:M layers chosen by `allocation` (auto: per module for dimap/uniform, over all layers for the one-group
-    criteria); `record`, a dict, receives which layers are N:M, dense and ineligible.
+    the N:M layers chosen by `allocation` (auto: per module for dimap/uniform/wanda_module, over all layers for
+    the one-group criteria and wanda); sparsegpt prunes every layer N:M with its own update (prunen/prunem), so
+    it takes only the ratio (M-N)/M. `record`, a dict, receives which layers are N:M, dense and ineligible.
     """
     criterion = check_method(method)
     ratio = check_ratio(ratio)
     shares = check_module_ratios(module_ratios, ratio)
     nm = parse_pattern(pattern)
     weights = prunable_weights(model)
+    share = shares if shares is not None else ratio
+    if nm is not None:
+        check_nm_ratio({f"prune.module_ratios.{k}": v for k, v in shares.items()} if shares else {"prune.ratio": ratio},
+                       *nm)
+    batches = None
+    if method in DATA_AWARE:
+        if calibration is None:
+            raise UserError(f"prune.method={method} needs calibration images: give the run a data group "
+                            "(e.g. data=mnist5k, or data=imagenet data.root=/path/to/imagenet)")
+        device = next(iter(weights.values())).device
+        batches = lambda: calibration.batches(device)  # noqa: E731
     if nm is None:
-        masks = criterion(weights, shares if shares is not None else ratio)
+        if batches is not None:
+            masks = criterion(weights, share, model=model, batches=batches, **(options or {}))
+        else:
+            masks = criterion(weights, share)
         return {n: masks[n] for n in weights}  # network order, whatever order the criterion grouped them in
-    check_nm_ratio({f"prune.module_ratios.{k}": v for k, v in shares.items()} if shares else {"prune.ratio": ratio},
-                   *nm)
+    if method == "sparsegpt":
+        return _sparsegpt_nm(weights, model, batches, nm, shares, ratio, options, record)
     allocation = check_allocation(allocation, method)
-    cost = _LazyScores(weights, NM_CRITERIA[method][0])
-    rank = {n: _magnitude(w) for n, w in weights.items()}
-    masks, rec = pattern_masks(rank, weights.module, *nm, shares if shares is not None else ratio, allocation, cost)
+    if method in DATA_AWARE:  # wanda's score ranks inside each group of M and prices a layer's N:M loss
+        scores = {n: s.cpu() for n, s in wanda_score_tensors(weights, model, batches).items()}
+        rank = cost = scores
+    else:
+        cost = _LazyScores(weights, NM_CRITERIA[method][0])
+        rank = {n: _magnitude(w) for n, w in weights.items()}
+    masks, rec = pattern_masks(rank, weights.module, *nm, share, allocation, cost)
     if record is not None:
         record.update(rec)
     return masks
+
+
+def _sparsegpt_nm(weights, model, batches, nm, shares, ratio, options, record):
+    """SparseGPT at N:M as its reference code does it: every layer N:M (prunen/prunem), kept weights updated."""
+    n, m = nm
+    asked = set(shares.values()) if shares else {ratio}
+    if any(abs(r - max_ratio(n, m)) > 1e-12 for r in asked):
+        raise UserError(f"prune=sparsegpt with prune.pattern={n}:{m} makes every layer {n}:{m}: pass "
+                        f"prune.ratio={max_ratio(n, m):g} (and no prune.module_ratios), or use prune=dimap for a "
+                        "module-aware mix of dense and N:M layers")
+    bad = [name for name, w in weights.items() if not eligible(w.shape, m)]
+    if bad:
+        raise UserError(f"prune=sparsegpt with prune.pattern={n}:{m} needs every prunable layer's input size to be a "
+                        f"multiple of {m}, and {bad[0]} has {weights[bad[0]].shape[-1]}: use another pattern or method")
+    masks = sparsegpt(weights, max_ratio(n, m), model=model, batches=batches, prunen=m - n, prunem=m, **(options or {}))
+    if record is not None:
+        record.update(pattern=f"{n}:{m}", allocation="all", nm_layers=list(weights), dense_layers=[],
+                      ineligible_layers=[])
+    return {name: masks[name] for name in weights}
 
 
 @torch.no_grad()

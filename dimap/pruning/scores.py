@@ -90,3 +90,9 @@ def sorted_dimap_scores(ascending):
     sq = ascending.to(torch.float64).square()
     cum = torch.cumsum(sq.flip(0), 0).flip(0)
     return torch.where(cum > 0, sq / cum.clamp_min(tiny), 0.0)
+
+
+def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
+    """Wanda (Sun et al., 2023, Eq. 1): S_ij = |W_ij| * ||X_j||_2, where ||X_j||_2 is the L2 norm of input
+    feature j over every token of the calibration images (`input_norm`, one value per column of W). float64."""
+    return weight.detach().abs().to(torch.float64) * input_norm.to(device=weight.device, dtype=torch.float64)[None, :]
