@@ -140,3 +140,17 @@ def test_two_processes_prune_once_and_share(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["world_size"] == 2 and s["pruning"]["calibration"]["images"] == 12
     assert f"masks identical on 2 rank(s): checksum {s['mask_checksum']}" in r.stdout
+
+
+def test_prune_wanda_at_2of4_and_sparsegpt_refusing_a_partial_2of4(tmp_path):
+    r = prune_cli("model=swin_nano", "prune=wanda", "prune.pattern=2:4", "prune.ratio=0.5", "data=mnist5k",
+                  "prune.calibration.images=16", "plot=false", f"output_dir={tmp_path / 'w'}")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert s["pattern"] == "2:4" and s["nm"]["dense_layers"] == [] and s["calibration"]["images"] == 16
+    for name, m in load_file(str(tmp_path / "w" / "masks.safetensors")).items():
+        assert bool((m.reshape(m.shape[0], -1, 4).sum(-1) == 2).all()), name
+    r = prune_cli("model=swin_nano", "prune=sparsegpt", "prune.pattern=2:4", "prune.ratio=0.3", "data=mnist5k",
+                  f"output_dir={tmp_path / 's'}")
+    assert r.returncode == 2 and "pass prune.ratio=0.5" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()

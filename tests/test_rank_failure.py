@@ -39,7 +39,14 @@ if fail == "wandb_rank0":  # wandb.init fails on rank 0 (the only rank that call
     wandb.init = broken
 sys.argv = ["train.py", *sys.argv[1:]]
 import train
-train.main()
+try:
+    train.main()
+finally:
+    if fail == "oom_rank1" and rank == 1:
+        # Keep the failed process, and its sockets, alive a while: the peers of a CUDA rank use NCCL, which does
+        # not notice a dead peer, while gloo would see the closed connection and end rank 0 by itself
+        import time
+        time.sleep(45)
 """
 
 
@@ -84,7 +91,8 @@ def test_an_oom_on_rank_1_mid_training_ends_rank_0_within_seconds_with_rank_1s_e
                                               "logger=none")
     assert rc1 != 0 and "OutOfMemoryError" in err1
     assert t0 is not None and rc0 != 0, "rank 0 never ended"
-    assert t0 - t1 < 10, f"rank 0 ended {t0 - t1:.0f} s after rank 1 failed: {err0[-1500:]}"
+    # rank 1 lingers 45 s after its failure with its connections open (as NCCL peers see it): rank 0 must not wait
+    assert t0 < t1 - 25, f"rank 0 ended {t1 - t0:.0f} s before rank 1's process, not within seconds: {err0[-1500:]}"
     assert "rank 1 failed (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB)" in err0, err0[-1500:]
 
 
