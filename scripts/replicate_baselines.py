@@ -3,7 +3,7 @@ SparseGPT beside DIMAP and magnitude pruning, on the same cached dense nano Swin
 same finetuning, with the seconds each takes to prune.
 
     python scripts/replicate_baselines.py --threads 1                 # results/demo/baselines/
-    python scripts/replicate_baselines.py --seeds 0 --shares 50 --finetune-ratios 0.55 --out /tmp/b \\
+    python scripts/replicate_baselines.py --seeds 0 --shares 50 --finetune-ratios 0.55 --out outputs/smoke_baselines \\
         train.max_steps_per_epoch=2 data.val_size=100                  # a smoke run
 
 Per seed: the dense model from the pretraining cache (--cache-dir; a seed without one is skipped and named,

@@ -2,7 +2,7 @@
 pruned, then finetuned with the mask fixed, from the same cached dense models as scripts/replicate_demo.py.
 
     python scripts/replicate_nm.py --threads 1                       # seeds 0 1 2; results/demo/nm/
-    python scripts/replicate_nm.py --seeds 0 --dense-epochs 1 --finetune-epochs 1 --out /tmp/nm \
+    python scripts/replicate_nm.py --seeds 0 --dense-epochs 1 --finetune-epochs 1 --out outputs/smoke_nm \
         train.max_steps_per_epoch=2 data.val_size=100                # a smoke run
 
 Rows per seed and ratio r (share of each module's prunable weights removed):

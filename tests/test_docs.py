@@ -77,7 +77,7 @@ def test_no_tracked_file_holds_an_absolute_machine_path():
 
 def test_the_path_check_tells_a_machine_path_from_a_placeholder():
     bad = ["/" + "tmp/x", '"/' + 'work/main/results"', "--out=/" + "root/.cache", "/" + "home/me", "/" + "tmp"]
-    good = ["/path/to/imagenet", "results/tmp/x", "outputs/work/a", "$TMPDIR/x", "~/x", "https://x.org/home/y"]
+    good = ["/path/to/imagenet", "results/tmp/x", "outputs/" + "work/a", "$TMPDIR/x", "~/x", "https://x.org/home/y"]
     assert all(ABSOLUTE.search(s) for s in bad) and not any(ABSOLUTE.search(s) for s in good)
 
 
