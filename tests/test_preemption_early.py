@@ -34,13 +34,13 @@ def test_a_signal_during_dense_pretraining_stops_after_the_step_with_the_requeue
 def test_a_signal_during_pruning_exits_with_the_requeue_status_before_anything_is_written(tmp_path, monkeypatch,
                                                                                          capsys):
     import os
-    real = train.masks_for_run
+    real = train.masks_for_training_run
 
     def pruning_interrupted(*a, **k):
         os.kill(os.getpid(), signal.SIGUSR1)
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "masks_for_run", pruning_interrupted)
+    monkeypatch.setattr(train, "masks_for_training_run", pruning_interrupted)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         run(out, "train.epochs=1")

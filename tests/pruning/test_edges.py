@@ -51,7 +51,7 @@ def test_check_ratio_refuses_in_one_sentence(bad):
 def test_check_method_lists_the_criteria():
     with pytest.raises(UserError) as e:
         check_method("lamp")
-    assert str(e.value) == "prune.method='lamp' is unknown: use one of dimap, single_module, uniform, global_magnitude"
+    assert str(e.value) == "prune.method='lamp' is unknown: use one of dimap, single_module, uniform, global_magnitude, wanda, wanda_module, sparsegpt"
 
 
 class Odd(nn.Module):
