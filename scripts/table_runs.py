@@ -72,6 +72,11 @@ def row_of(experiment: str) -> dict:
     return {"model": groups["model"], "method": groups["prune"], "ratio": float(cfg.prune.ratio)}
 
 
+# prune.* keys added after runs were recorded, with the value every run before them had: such a run's missing key
+# reads as that value (a run without prune.pattern was unstructured), so committed runs keep filling their cells
+ADDED_PRUNE_KEYS = {"pattern": "unstructured", "nm_allocation": "auto", "semi_structured": False}
+
+
 def _differ(run: dict, want: dict, keys) -> list[str]:
     return [k for k in keys if run.get(k) != want.get(k)]
 
@@ -94,7 +99,7 @@ def architecture_refusal(run: dict, want: dict) -> str | None:
         return "pruned with prune.module_ratios"
     # the data-aware methods' own settings (calibration images, SparseGPT's blocksize and dampening) shape the masks
     if diff := [k for k in sorted(set(want["prune"]) - {"method", "ratio", "module_ratios"})
-                if prune.get(k) != want["prune"][k]]:
+                if prune.get(k, ADDED_PRUNE_KEYS.get(k)) != want["prune"][k]]:
         return f"other pruning settings (prune.{', prune.'.join(diff)})"
     if want["prune"]["ratio"] == 0 and "pruning" not in run and run.get("top1") is not None:
         return "recorded before evaluation runs said what they evaluated (a pruned file read as dense?): rerun it"
