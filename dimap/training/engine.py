@@ -197,7 +197,7 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, prog
     """Top-1 / top-5 accuracy (%) and mean loss over the whole validation set.
 
     Correct counts are summed over ranks with all_reduce; with a sampler that shards without padding
-    (dimap.training.data.ShardedEvalSampler) every validation image is counted exactly once: `n` says how many.
+    (dimap.training.samplers.ShardedEvalSampler) every validation image is counted exactly once: `n` says how many.
     Unreadable images past data.max_bad_images on any rank stop every rank here, through the same all-reduce.
     """
     with torch.no_grad():  # not a decorator: mutmut 3.8.1 skips decorated functions (results/quality/README.md)

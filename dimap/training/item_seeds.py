@@ -20,7 +20,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 class PerImageSeeds(Dataset):
     """`dataset` whose item i of epoch e is drawn under the seed item_seed(seed, e, i); set_epoch(e) before the
-    epoch's iterator is made (dimap.training.data.EpochSeededSampler.set_epoch does)."""
+    epoch's iterator is made (dimap.training.samplers.EpochSeededSampler.set_epoch does)."""
 
     def __init__(self, dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, int(seed), 0
